@@ -1,0 +1,20 @@
+"""jsoftmax: softmax, log-softmax and cross-entropy for JAX with analytic custom_vjp rules."""
+
+from jsoftmax import fwd as fwd
+from jsoftmax._jacobian import log_softmax_jacobian as log_softmax_jacobian
+from jsoftmax._jacobian import softmax_jacobian as softmax_jacobian
+from jsoftmax._softmax import log_softmax as log_softmax
+from jsoftmax._softmax import logsumexp as logsumexp
+from jsoftmax._softmax import softmax as softmax
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "fwd",
+    "log_softmax",
+    "log_softmax_jacobian",
+    "logsumexp",
+    "softmax",
+    "softmax_jacobian",
+]

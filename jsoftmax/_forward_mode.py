@@ -1,0 +1,170 @@
+"""Forward-mode twins of softmax, log_softmax and logsumexp, built on ``jax.custom_jvp``.
+
+A ``custom_vjp`` function cannot be differentiated in forward mode, so ``jax.jacfwd``,
+``jax.hessian`` and jvp-of-grad (the usual Hessian-vector product) fail on anything built from
+:func:`jsoftmax.softmax`. These twins compute the same values with the same stable numerics but
+carry the *JVP* form of the same analytic Jacobians; JAX transposes that linear map for reverse
+mode, so one rule serves ``jvp``, ``grad``, ``jacfwd``, ``hessian`` and every composition.
+
+Use them through the public namespace :mod:`jsoftmax.fwd`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jsoftmax._checks import Axis, compute_dtype
+from jsoftmax._softmax import _log_softmax_impl, _logsumexp_impl, _prepare, _softmax_impl
+
+__all__ = ["log_softmax", "logsumexp", "softmax"]
+
+
+def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) -> jax.Array:
+    r"""Softmax with a ``custom_jvp`` rule: same values as :func:`jsoftmax.softmax`, any AD mode.
+
+    .. math::
+        \dot s = s \odot (\dot x - \langle \dot x, s \rangle)
+
+    Args:
+      x: scores, any shape ``[..., n, ...]``, floating point.
+      axis: the axis, or tuple of axes, to normalise over (``None``: all axes).
+      where: optional boolean mask broadcastable to ``x``; ``False`` entries are left out.
+
+    Returns:
+      An array of ``x``'s shape and dtype whose slices along ``axis`` sum to one.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from jsoftmax import fwd
+      >>> x = jnp.array([1.0, 2.0, 3.0])
+      >>> print(jax.jacfwd(fwd.softmax)(x))
+      [[ 0.0819 -0.022  -0.0599]
+       [-0.022   0.1848 -0.1628]
+       [-0.0599 -0.1628  0.2227]]
+
+    Notes:
+      Same inf/NaN/mask behaviour as :func:`jsoftmax.softmax`. Reverse mode comes from JAX
+      transposing the JVP, so it saves what partial evaluation keeps (the output).
+    """
+    x, axes, mask = _prepare(x, axis, where, "fwd.softmax")
+    return _softmax(x, mask, axes)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _softmax(x, where, axes):
+    return _softmax_impl(x, where, axes)
+
+
+@_softmax.defjvp
+def _softmax_jvp(axes, primals, tangents):
+    x, where = primals
+    dx = tangents[0]
+    y = _softmax(x, where, axes)
+    # ṡ = s ⊙ (ẋ − ⟨ẋ, s⟩): the JVP of diag(s) − s sᵀ; linear in ẋ, so JAX can transpose it
+    s, dx = y.astype(compute_dtype(y.dtype)), dx.astype(compute_dtype(y.dtype))
+    ds = s * (dx - jnp.sum(s * dx, axes, keepdims=True))
+    return y, ds.astype(y.dtype)
+
+
+def log_softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) -> jax.Array:
+    r"""Log-softmax with a ``custom_jvp`` rule: same values as :func:`jsoftmax.log_softmax`.
+
+    .. math::
+        \dot o = \dot x - \langle \dot x, s \rangle, \qquad s = \exp(o)
+
+    Args:
+      x: scores, any shape ``[..., n, ...]``, floating point.
+      axis: the axis, or tuple of axes, to normalise over (``None``: all axes).
+      where: optional boolean mask broadcastable to ``x``; ``False`` entries are left out.
+
+    Returns:
+      An array of ``x``'s shape and dtype: log-probabilities along ``axis``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from jsoftmax import fwd
+      >>> loss = lambda z: -fwd.log_softmax(z)[0]
+      >>> print(jax.hessian(loss)(jnp.array([0.0, 0.0])))
+      [[ 0.25 -0.25]
+       [-0.25  0.25]]
+
+    Notes:
+      Same inf/NaN/mask behaviour as :func:`jsoftmax.log_softmax`: a ``-inf`` output is a
+      constant with a zero tangent.
+    """
+    x, axes, mask = _prepare(x, axis, where, "fwd.log_softmax")
+    return _log_softmax(x, mask, axes)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _log_softmax(x, where, axes):
+    return _log_softmax_impl(x, where, axes)
+
+
+@_log_softmax.defjvp
+def _log_softmax_jvp(axes, primals, tangents):
+    x, where = primals
+    dx = tangents[0]
+    out = _log_softmax(x, where, axes)
+    cdt = compute_dtype(out.dtype)
+    o, dx = out.astype(cdt), dx.astype(cdt)
+    # ȯ = ẋ − ⟨ẋ, s⟩ with s = exp(o), the JVP of I − 1 sᵀ. A -inf output is a constant: its
+    # tangent is multiplied by 0 (a multiplication, not a select, so the map stays transposable).
+    live = (~jnp.isneginf(o)).astype(cdt)
+    do = live * (dx - jnp.sum(jnp.exp(o) * dx, axes, keepdims=True))
+    return out, do.astype(out.dtype)
+
+
+def logsumexp(
+    x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None, keepdims: bool = False
+) -> jax.Array:
+    r"""Logsumexp with a ``custom_jvp`` rule: same values as :func:`jsoftmax.logsumexp`.
+
+    .. math::
+        \dot\ell = \langle \dot x, \mathrm{softmax}(x) \rangle
+
+    Args:
+      x: any shape ``[..., n, ...]``, floating point.
+      axis: the axis, or tuple of axes, to reduce (``None``: all axes).
+      where: optional boolean mask broadcastable to ``x``; ``False`` entries are left out.
+      keepdims: keep the reduced axes with size 1.
+
+    Returns:
+      ``x``'s shape without ``axis`` (or with size-1 axes if ``keepdims``), in ``x``'s dtype.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from jsoftmax import fwd
+      >>> print(jax.hessian(fwd.logsumexp)(jnp.array([0.0, 0.0])))
+      [[ 0.25 -0.25]
+       [-0.25  0.25]]
+
+    Notes:
+      Same inf/NaN/mask behaviour as :func:`jsoftmax.logsumexp`.
+    """
+    x, axes, mask = _prepare(x, axis, where, "fwd.logsumexp")
+    if not isinstance(keepdims, bool):
+        raise TypeError(f"fwd.logsumexp: keepdims must be a bool; got {keepdims!r}")
+    out = _logsumexp(x, mask, axes)
+    return out if keepdims else jnp.squeeze(out, axes)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _logsumexp(x, where, axes):
+    return _logsumexp_impl(x, where, axes)[0].astype(x.dtype)
+
+
+@_logsumexp.defjvp
+def _logsumexp_jvp(axes, primals, tangents):
+    x, where = primals
+    dx = tangents[0]
+    lse = _logsumexp(x, where, axes)
+    # ℓ̇ = ⟨ẋ, softmax(x)⟩; softmax through the twin above so higher derivatives use its rule
+    s = _softmax(x, where, axes)
+    cdt = compute_dtype(x.dtype)
+    dl = jnp.sum(s.astype(cdt) * dx.astype(cdt), axes, keepdims=True)
+    return lse, dl.astype(lse.dtype)

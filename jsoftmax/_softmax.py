@@ -1,0 +1,291 @@
+"""softmax, log_softmax and logsumexp with analytic ``jax.custom_vjp`` rules.
+
+Each function is split the way the JAX custom-derivatives tutorial splits them: a primal, a
+``_fwd`` that returns ``(out, residuals)`` and saves the least the rule needs, and a ``_bwd`` that
+applies the analytic Jacobian-vector product written above it in a comment.
+
+The numerics shared by all three live in :func:`_shifted`: masked entries become ``-inf``, the
+slice maximum is subtracted (with its gradient stopped) so ``exp`` cannot overflow, and a slice
+with no finite maximum is shifted by zero so that it yields exact zeros instead of ``NaN``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.typing import ArrayLike
+
+from jsoftmax._checks import Axis, as_float_array, as_mask, canonical_axes, compute_dtype
+
+__all__ = ["softmax", "log_softmax", "logsumexp"]
+
+
+def _prepare(x: ArrayLike, axis: Axis, where: ArrayLike | None, fn: str):
+    x = as_float_array(x, "x", fn)
+    axes = canonical_axes(axis, x.ndim, fn)
+    mask = as_mask(where, x.shape, fn)
+    return x, axes, mask
+
+
+def _shifted(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]):
+    """Return ``(x - max, max)`` over ``axes`` with masked entries set to ``-inf``.
+
+    ``x`` is already in the compute dtype. The maximum carries no gradient: every function
+    built from the shifted values is invariant to the shift, so its derivative is exact.
+    """
+    if where is not None:
+        # masked entries take part as -inf: probability 0, left out of every sum
+        x = jnp.where(where, x, -jnp.inf)
+    # Starting the max at the lowest finite value instead of -inf means a slice that is all -inf
+    # (or fully masked) is shifted by a finite number, so exp gives exact zeros instead of NaN
+    # from (-inf) - (-inf). It is only the reduction's initial value, so XLA still fuses the max
+    # with the exp that follows. A +inf max is kept and poisons its own slice.
+    m = jnp.max(x, axes, keepdims=True, initial=jnp.finfo(x.dtype).min)
+    m = lax.stop_gradient(m)
+    return x - m, m
+
+
+def _safe_denominator(s: jax.Array) -> jax.Array:
+    # s == 0 only for a slice with no finite entry (every exp is exactly 0 there): dividing by
+    # (or taking the log of) 1 instead keeps that slice at 0 / -inf rather than NaN.
+    return jnp.where(s == 0, jnp.ones_like(s), s)
+
+
+# --------------------------------------------------------------------------------------------
+# softmax
+# --------------------------------------------------------------------------------------------
+
+
+def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) -> jax.Array:
+    r"""Softmax over ``axis``: positive outputs that sum to one.
+
+    .. math::
+        \mathrm{softmax}(x)_i = \frac{\exp(x_i - m)}{\sum_j \exp(x_j - m)},
+        \qquad m = \max_j x_j
+
+    The gradient is the analytic vector-Jacobian product
+    :math:`\bar x = s \odot (g - \langle g, s\rangle)` with :math:`s = \mathrm{softmax}(x)`,
+    from the Jacobian :math:`\partial s_i / \partial x_j = s_i(\delta_{ij} - s_j)`. The rule
+    saves only the output.
+
+    Args:
+      x: scores, any shape ``[..., n, ...]``, floating point.
+      axis: the axis, or tuple of axes, to normalise over (``None``: all axes).
+      where: optional boolean mask broadcastable to ``x``; ``False`` entries are left out.
+
+    Returns:
+      An array of ``x``'s shape and dtype whose slices along ``axis`` sum to one.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jsoftmax
+      >>> print(jsoftmax.softmax(jnp.array([1.0, 2.0, 3.0])))
+      [0.09   0.2447 0.6652]
+      >>> print(jsoftmax.softmax(jnp.array([1e4, 1e4 - 1.0])))
+      [0.7311 0.2689]
+
+    Notes:
+      * ``-inf`` entries get probability 0 and a zero gradient.
+      * Masked entries are 0; a slice with every entry masked (or ``-inf``) is all 0 with a zero
+        gradient (``jax.nn.softmax`` returns NaN there).
+      * A ``+inf`` or ``NaN`` entry makes its own slice ``NaN``; other slices are unaffected.
+      * float16/bfloat16 inputs are computed in float32 and returned in the input dtype.
+      * Integer and boolean inputs raise ``TypeError`` rather than being silently promoted.
+
+    See also:
+      :func:`log_softmax`, :func:`jsoftmax.softmax_jacobian`, :func:`jsoftmax.fwd.softmax`.
+    """
+    x, axes, mask = _prepare(x, axis, where, "softmax")
+    return _softmax(x, mask, axes)
+
+
+def _softmax_impl(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> jax.Array:
+    z, _ = _shifted(x.astype(compute_dtype(x.dtype)), where, axes)
+    e = jnp.exp(z)
+    y = e / _safe_denominator(jnp.sum(e, axes, keepdims=True))
+    return y.astype(x.dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _softmax(x, where, axes):
+    return _softmax_impl(x, where, axes)
+
+
+def _softmax_fwd(x, where, axes):
+    y = _softmax_impl(x, where, axes)
+    return y, y  # the output is the only residual
+
+
+def _softmax_bwd(axes, y, g):
+    # x̄ = s ⊙ (g − ⟨g, s⟩): the VJP of diag(s) − s sᵀ. Masked and -inf entries have s = 0,
+    # so their gradient is exactly 0.
+    cdt = compute_dtype(y.dtype)
+    s, g = y.astype(cdt), g.astype(cdt)
+    dot = jnp.sum(g * s, axes, keepdims=True)
+    return (s * (g - dot)).astype(y.dtype), None
+
+
+_softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
+# --------------------------------------------------------------------------------------------
+# log_softmax
+# --------------------------------------------------------------------------------------------
+
+
+def log_softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) -> jax.Array:
+    r"""Log of the softmax over ``axis``, computed without forming the softmax.
+
+    .. math::
+        \log\mathrm{softmax}(x)_i = (x_i - m) - \log \sum_j \exp(x_j - m),
+        \qquad m = \max_j x_j
+
+    The gradient is :math:`\bar x = g - s \sum_j g_j` with :math:`s = \exp(\text{output})`, the
+    VJP of the Jacobian :math:`\delta_{ij} - s_j`. The rule saves only the output.
+
+    Args:
+      x: scores, any shape ``[..., n, ...]``, floating point.
+      axis: the axis, or tuple of axes, to normalise over (``None``: all axes).
+      where: optional boolean mask broadcastable to ``x``; ``False`` entries are left out.
+
+    Returns:
+      An array of ``x``'s shape and dtype: log-probabilities along ``axis``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jsoftmax
+      >>> print(jsoftmax.log_softmax(jnp.array([1.0, 2.0, 3.0])))
+      [-2.4076 -1.4076 -0.4076]
+      >>> print(jsoftmax.log_softmax(jnp.array([-1e4, 1e4])))
+      [-20000.      0.]
+
+    Notes:
+      * ``-inf`` and masked entries give ``-inf``. Such an output is treated as a constant: its
+        gradient is 0 and any cotangent placed on it is ignored.
+      * A fully masked (or all ``-inf``) slice is all ``-inf`` with a zero gradient.
+      * A ``+inf`` or ``NaN`` entry makes its own slice ``NaN``; other slices are unaffected.
+      * float16/bfloat16 inputs are computed in float32 and returned in the input dtype.
+      * Integer and boolean inputs raise ``TypeError``.
+
+    See also:
+      :func:`softmax`, :func:`logsumexp`, :func:`jsoftmax.log_softmax_jacobian`.
+    """
+    x, axes, mask = _prepare(x, axis, where, "log_softmax")
+    return _log_softmax(x, mask, axes)
+
+
+def _log_softmax_impl(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> jax.Array:
+    z, _ = _shifted(x.astype(compute_dtype(x.dtype)), where, axes)
+    # log Σ exp(x - m) ≥ 0 for any slice with a finite entry, so nothing here can overflow
+    out = z - jnp.log(_safe_denominator(jnp.sum(jnp.exp(z), axes, keepdims=True)))
+    return out.astype(x.dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _log_softmax(x, where, axes):
+    return _log_softmax_impl(x, where, axes)
+
+
+def _log_softmax_fwd(x, where, axes):
+    out = _log_softmax_impl(x, where, axes)
+    return out, out  # the output is the only residual; s = exp(out)
+
+
+def _log_softmax_bwd(axes, out, g):
+    # x̄ = g − s Σ g with s = exp(out), the VJP of I − 1 sᵀ. A -inf output (masked or -inf
+    # input) is a constant: its cotangent is dropped from the sum and its gradient is 0.
+    cdt = compute_dtype(out.dtype)
+    o = out.astype(cdt)
+    g = jnp.where(jnp.isneginf(o), jnp.zeros((), cdt), g.astype(cdt))
+    return (g - jnp.exp(o) * jnp.sum(g, axes, keepdims=True)).astype(out.dtype), None
+
+
+_log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
+
+
+# --------------------------------------------------------------------------------------------
+# logsumexp
+# --------------------------------------------------------------------------------------------
+
+
+def logsumexp(
+    x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None, keepdims: bool = False
+) -> jax.Array:
+    r"""Log of the sum of exponentials over ``axis``, computed without overflow.
+
+    .. math::
+        \mathrm{logsumexp}(x) = m + \log \sum_j \exp(x_j - m), \qquad m = \max_j x_j
+
+    The gradient is :math:`\bar x = g\,\mathrm{softmax}(x)`, recomputed in the backward pass as
+    :math:`\exp(x - \mathrm{logsumexp}(x))` from the saved input and output.
+
+    Args:
+      x: any shape ``[..., n, ...]``, floating point.
+      axis: the axis, or tuple of axes, to reduce (``None``: all axes).
+      where: optional boolean mask broadcastable to ``x``; ``False`` entries are left out.
+      keepdims: keep the reduced axes with size 1.
+
+    Returns:
+      ``x``'s shape without ``axis`` (or with size-1 axes if ``keepdims``), in ``x``'s dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jsoftmax
+      >>> print(jsoftmax.logsumexp(jnp.array([1.0, 2.0, 3.0])))
+      3.4076
+      >>> print(jsoftmax.logsumexp(jnp.array([1e4, 1e4])))
+      10000.693
+
+    Notes:
+      * ``-inf`` entries and masked entries are left out and get a zero gradient.
+      * A fully masked (or all ``-inf``) slice gives ``-inf`` with a zero gradient.
+      * A ``+inf`` entry gives ``+inf``; a ``NaN`` entry gives ``NaN``, for its own slice only.
+      * float16/bfloat16 inputs are computed in float32 and returned in the input dtype.
+      * Integer and boolean inputs raise ``TypeError``.
+
+    See also:
+      :func:`log_softmax`, :func:`softmax`.
+    """
+    x, axes, mask = _prepare(x, axis, where, "logsumexp")
+    if not isinstance(keepdims, bool):
+        raise TypeError(f"logsumexp: keepdims must be a bool; got {keepdims!r}")
+    out = _logsumexp(x, mask, axes)
+    return out if keepdims else jnp.squeeze(out, axes)
+
+
+def _logsumexp_impl(x, where, axes):
+    if where is not None:
+        # masked entries take part as -inf (kept in x's dtype: this is also the residual)
+        x = jnp.where(where, x, jnp.array(-jnp.inf, x.dtype))
+    z, m = _shifted(x.astype(compute_dtype(x.dtype)), None, axes)
+    # adding the shift back after the log keeps the result exact for huge |x|
+    lse = jnp.log(jnp.sum(jnp.exp(z), axes, keepdims=True)) + m
+    # a +inf entry makes the sum +inf, not the NaN that (+inf) − (+inf) left in z
+    lse = jnp.where(jnp.isposinf(m), m, lse)
+    return lse, x
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _logsumexp(x, where, axes):
+    return _logsumexp_impl(x, where, axes)[0].astype(x.dtype)
+
+
+def _logsumexp_fwd(x, where, axes):
+    lse, xm = _logsumexp_impl(x, where, axes)
+    # residuals: the (masked) input and the per-slice result, from which softmax is recomputed
+    return lse.astype(x.dtype), (xm, lse)
+
+
+def _logsumexp_bwd(axes, res, g):
+    # x̄ = g · exp(x − lse) = g · softmax(x). A slice with lse = -inf has every entry -inf;
+    # subtracting 0 instead keeps its gradient at exactly 0 rather than NaN.
+    xm, lse = res
+    lse = jnp.where(jnp.isneginf(lse), jnp.zeros_like(lse), lse)
+    dx = g.astype(lse.dtype) * jnp.exp(xm.astype(lse.dtype) - lse)
+    return dx.astype(xm.dtype), None
+
+
+_logsumexp.defvjp(_logsumexp_fwd, _logsumexp_bwd)
