@@ -20,7 +20,7 @@ from jax.typing import ArrayLike
 
 from jsoftmax._checks import Axis, as_float_array, as_mask, canonical_axes, compute_dtype
 
-__all__ = ["softmax", "log_softmax", "logsumexp"]
+__all__ = ["log_softmax", "logsumexp", "softmax"]
 
 
 def _prepare(x: ArrayLike, axis: Axis, where: ArrayLike | None, fn: str):

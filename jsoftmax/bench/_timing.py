@@ -55,7 +55,7 @@ def compare(
     compiled = {}
     for name, fn in fns.items():
         compiled[name] = compile_and_memory(fn, *args)
-    for name, (c, _, _) in compiled.items():
+    for c, _, _ in compiled.values():
         for _ in range(warmup):
             jax.block_until_ready(c(*args))
     times: dict[str, list[float]] = {name: [] for name in fns}

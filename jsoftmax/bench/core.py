@@ -1,0 +1,155 @@
+"""Benchmark suite: softmax and log_softmax against ``jax.nn`` (and PyTorch where installed)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+import jsoftmax
+from jsoftmax.bench._timing import compare
+
+SHAPES = [(4096, 1024), (256, 32768), (32, 262144)]
+QUICK_SHAPES = [(64, 128), (8, 1024)]
+OPS = {
+    "softmax": (jsoftmax.softmax, jax.nn.softmax),
+    "log_softmax": (jsoftmax.log_softmax, jax.nn.log_softmax),
+}
+
+
+def _weighted_sum_grad(fn):
+    """``value_and_grad(lambda x: sum(f(x) * w))``: a loss that exercises forward and backward."""
+    return jax.value_and_grad(lambda x, w: jnp.sum(fn(x) * w))
+
+
+def _vjp(fn):
+    """Forward then backward with a given cotangent: reads x, writes y; reads y, g, writes dx."""
+
+    def f(x, g):
+        _, pullback = jax.vjp(fn, x)
+        return pullback(g)[0]
+
+    return f
+
+
+def _row(op, what, shape, dtype, res, reps):
+    ours, base = res["jsoftmax"], res["jax.nn"]
+    return {
+        "suite": "core",
+        "op": f"{op} {what}",
+        "shape": list(shape),
+        "dtype": dtype,
+        "jsoftmax_ms": ours.median_s * 1e3,
+        "baseline": "jax.nn",
+        "baseline_ms": base.median_s * 1e3,
+        "ratio": ours.median_s / base.median_s,
+        "jsoftmax_temp_bytes": ours.temp_bytes,
+        "baseline_temp_bytes": base.temp_bytes,
+        "compile_s": {"jsoftmax": ours.compile_s, "baseline": base.compile_s},
+        "reps": reps,
+    }
+
+
+def run(quick: bool = False, dtype: str = "float32", reps: int = 30) -> list[dict]:
+    """Time forward and forward+backward of softmax/log_softmax against ``jax.nn``."""
+    rows = []
+    shapes = QUICK_SHAPES if quick else SHAPES
+    for shape in shapes:
+        k1, k2 = jax.random.split(jax.random.key(0))
+        x = jax.random.normal(k1, shape, jnp.float32).astype(dtype)
+        w = jax.random.normal(k2, shape, jnp.float32).astype(dtype)
+        for op, (ours, base) in OPS.items():
+            res = compare({"jsoftmax": ours, "jax.nn": base}, (x,), reps=reps)
+            rows.append(_row(op, "forward", shape, dtype, res, reps))
+            res = compare(
+                {"jsoftmax": _weighted_sum_grad(ours), "jax.nn": _weighted_sum_grad(base)},
+                (x, w),
+                reps=reps,
+            )
+            rows.append(_row(op, "value_and_grad", shape, dtype, res, reps))
+    return rows
+
+
+def bandwidth(quick: bool = False, dtype: str = "float32", reps: int = 30) -> list[dict]:
+    """Achieved bandwidth of softmax forward and forward+backward vs the measured copy rate.
+
+    Bytes moved: forward reads x and writes y (2 arrays); forward+backward additionally reads y
+    and g and writes dx (5 arrays in all). The copy rate is ``2 · size`` bytes over the median
+    time of ``x + 1`` (one read, one write), measured in the same run.
+    """
+    shape = (256, 4096) if quick else (4096, 32768)
+    k1, k2 = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(k1, shape, jnp.float32).astype(dtype)
+    g = jax.random.normal(k2, shape, jnp.float32).astype(dtype)
+    nbytes = x.size * x.dtype.itemsize
+    copy = compare({"copy": lambda x: x + jnp.ones((), x.dtype)}, (x,), reps=reps)["copy"]
+    copy_bw = 2 * nbytes / copy.median_s
+    rows = []
+    for name, fn, arrays, args in [
+        ("softmax forward", jsoftmax.softmax, 2, (x,)),
+        ("softmax forward+backward", _vjp(jsoftmax.softmax), 5, (x, g)),
+        ("jax.nn.softmax forward", jax.nn.softmax, 2, (x,)),
+        ("jax.nn.softmax forward+backward", _vjp(jax.nn.softmax), 5, (x, g)),
+    ]:
+        m = compare({name: fn}, args, reps=reps)[name]
+        bw = arrays * nbytes / m.median_s
+        rows.append(
+            {
+                "suite": "bandwidth",
+                "op": name,
+                "shape": list(shape),
+                "dtype": dtype,
+                "ms": m.median_s * 1e3,
+                "bytes": arrays * nbytes,
+                "gb_per_s": bw / 1e9,
+                "copy_gb_per_s": copy_bw / 1e9,
+                "fraction_of_copy": bw / copy_bw,
+            }
+        )
+    return rows
+
+
+def run_torch(quick: bool = False, reps: int = 30) -> list[dict]:
+    """The same operations in PyTorch on the CPU, if it is installed (an optional column)."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    import time
+
+    import numpy as np
+
+    torch.manual_seed(0)
+    rows = []
+    for shape in QUICK_SHAPES if quick else SHAPES:
+        x = torch.randn(shape)
+        w = torch.randn(shape)
+        for op, fn in [("softmax", torch.softmax), ("log_softmax", torch.log_softmax)]:
+            for what in ("forward", "value_and_grad"):
+
+                def step(fn=fn, what=what):
+                    if what == "forward":
+                        with torch.no_grad():
+                            return fn(x, -1)
+                    xr = x.detach().requires_grad_(True)
+                    loss = (fn(xr, -1) * w).sum()
+                    loss.backward()
+                    return xr.grad
+
+                for _ in range(3):
+                    step()
+                ts = []
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    step()
+                    ts.append(time.perf_counter() - t0)
+                rows.append(
+                    {
+                        "suite": "torch",
+                        "op": f"{op} {what}",
+                        "shape": list(shape),
+                        "dtype": "float32",
+                        "torch_ms": float(np.median(ts)) * 1e3,
+                        "torch_version": torch.__version__,
+                    }
+                )
+    return rows
