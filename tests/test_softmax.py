@@ -286,8 +286,9 @@ def test_vjp_equals_vT_J(jac_fn, x64):
 
 def test_logsumexp_gradient_is_softmax():
     x = rand((4, 9))
-    np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(jsoftmax.logsumexp(x)))(x),
-                               jsoftmax.softmax(x), rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.grad(lambda x: jnp.sum(jsoftmax.logsumexp(x)))(x), jsoftmax.softmax(x), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])

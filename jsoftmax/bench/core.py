@@ -126,7 +126,7 @@ def run_torch(quick: bool = False, reps: int = 30) -> list[dict]:
         for op, fn in [("softmax", torch.softmax), ("log_softmax", torch.log_softmax)]:
             for what in ("forward", "value_and_grad"):
 
-                def step(fn=fn, what=what):
+                def step(fn=fn, what=what, x=x, w=w):
                     if what == "forward":
                         with torch.no_grad():
                             return fn(x, -1)
