@@ -66,7 +66,7 @@ def single_axis(axis: int, ndim: int, fn: str, name: str = "axis") -> int:
 
 
 def as_mask(where: ArrayLike | None, shape: tuple[int, ...], fn: str) -> jax.Array | None:
-    """Validate a boolean ``where`` mask broadcastable to ``shape``; return it broadcast."""
+    """Check a boolean ``where`` mask broadcastable to ``shape``; return it at that rank."""
     if where is None:
         return None
     where = jnp.asarray(where)
@@ -83,4 +83,6 @@ def as_mask(where: ArrayLike | None, shape: tuple[int, ...], fn: str) -> jax.Arr
             f"{fn}: where of shape {where.shape} would broadcast x of shape {shape} to a larger "
             f"shape {np.broadcast_shapes(where.shape, shape)}"
         )
-    return jnp.broadcast_to(where, shape)
+    # add leading unit axes but keep size-1 axes unbroadcast: a [batch, 1] or [1, n] mask stays
+    # small (it may be saved for the backward pass) and jnp.where broadcasts it in the kernel
+    return jnp.reshape(where, (1,) * (len(shape) - where.ndim) + where.shape)

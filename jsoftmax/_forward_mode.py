@@ -93,7 +93,7 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None
        [-0.25  0.25]]
 
     Notes:
-      Same inf/NaN/mask behaviour as :func:`jsoftmax.log_softmax`: a ``-inf`` output is a
+      Same inf/NaN/mask behaviour as :func:`jsoftmax.log_softmax`: a masked output is a
       constant with a zero tangent.
     """
     x, axes, mask = _prepare(x, axis, where, "fwd.log_softmax")
@@ -112,10 +112,11 @@ def _log_softmax_jvp(axes, primals, tangents):
     out = _log_softmax(x, where, axes)
     cdt = compute_dtype(out.dtype)
     o, dx = out.astype(cdt), dx.astype(cdt)
-    # ȯ = ẋ − ⟨ẋ, s⟩ with s = exp(o), the JVP of I − 1 sᵀ. A -inf output is a constant: its
+    # ȯ = ẋ − ⟨ẋ, s⟩ with s = exp(o), the JVP of I − 1 sᵀ. A masked output is a constant: its
     # tangent is multiplied by 0 (a multiplication, not a select, so the map stays transposable).
-    live = (~jnp.isneginf(o)).astype(cdt)
-    do = live * (dx - jnp.sum(jnp.exp(o) * dx, axes, keepdims=True))
+    do = dx - jnp.sum(jnp.exp(o) * dx, axes, keepdims=True)
+    if where is not None:
+        do = do * where.astype(cdt)
     return out, do.astype(out.dtype)
 
 

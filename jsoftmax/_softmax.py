@@ -35,23 +35,19 @@ def _shifted(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]):
 
     ``x`` is already in the compute dtype. The maximum carries no gradient: every function
     built from the shifted values is invariant to the shift, so its derivative is exact.
+
+    This is deliberately the plain ``exp(x - max(x))`` chain: XLA recognises it (the CPU
+    backend fuses reduce-max, subtract and exp into one pass; the GPU backend's softmax
+    fusion matches it too), and any operation placed between the max and the exp, even a
+    different initial value for the max, splits it into an extra pass over ``x``. A slice with
+    no finite entry therefore shifts by ``-inf`` and yields NaN here; callers mask it after
+    the reduction, where the fix costs nothing.
     """
     if where is not None:
         # masked entries take part as -inf: probability 0, left out of every sum
         x = jnp.where(where, x, -jnp.inf)
-    # Starting the max at the lowest finite value instead of -inf means a slice that is all -inf
-    # (or fully masked) is shifted by a finite number, so exp gives exact zeros instead of NaN
-    # from (-inf) - (-inf). It is only the reduction's initial value, so XLA still fuses the max
-    # with the exp that follows. A +inf max is kept and poisons its own slice.
-    m = jnp.max(x, axes, keepdims=True, initial=jnp.finfo(x.dtype).min)
-    m = lax.stop_gradient(m)
+    m = lax.stop_gradient(jnp.max(x, axes, keepdims=True, initial=-jnp.inf))
     return x - m, m
-
-
-def _safe_denominator(s: jax.Array) -> jax.Array:
-    # s == 0 only for a slice with no finite entry (every exp is exactly 0 there): dividing by
-    # (or taking the log of) 1 instead keeps that slice at 0 / -inf rather than NaN.
-    return jnp.where(s == 0, jnp.ones_like(s), s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,8 +85,11 @@ def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) ->
 
     Notes:
       * ``-inf`` entries get probability 0 and a zero gradient.
-      * Masked entries are 0; a slice with every entry masked (or ``-inf``) is all 0 with a zero
-        gradient (``jax.nn.softmax`` returns NaN there).
+      * Masked entries are 0 with a zero gradient; a fully masked slice is all 0 with a zero
+        gradient.
+      * An unmasked slice whose entries are all ``-inf`` is ``NaN``, as in ``jax.nn``: there is
+        no distribution to return. Mask such slices (``where=x > -jnp.inf``) to get zeros.
+        Detecting them without a mask would cost an extra pass over ``x`` on every call.
       * A ``+inf`` or ``NaN`` entry makes its own slice ``NaN``; other slices are unaffected.
       * float16/bfloat16 inputs are computed in float32 and returned in the input dtype.
       * Integer and boolean inputs raise ``TypeError`` rather than being silently promoted.
@@ -104,8 +103,11 @@ def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) ->
 
 def _softmax_impl(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> jax.Array:
     z, _ = _shifted(x.astype(compute_dtype(x.dtype)), where, axes)
-    e = jnp.exp(z)
-    y = e / _safe_denominator(jnp.sum(e, axes, keepdims=True))
+    e = jnp.exp(z)  # every entry ≤ 1: the max entry gives exactly 1, so the sum is ≥ 1
+    y = e / jnp.sum(e, axes, keepdims=True)
+    if where is not None:
+        # masked entries (and so a fully masked slice, NaN above) are exactly 0
+        y = jnp.where(where, y, jnp.zeros((), y.dtype))
     return y.astype(x.dtype)
 
 
@@ -163,9 +165,12 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None
       [-20000.      0.]
 
     Notes:
-      * ``-inf`` and masked entries give ``-inf``. Such an output is treated as a constant: its
-        gradient is 0 and any cotangent placed on it is ignored.
-      * A fully masked (or all ``-inf``) slice is all ``-inf`` with a zero gradient.
+      * Masked entries give ``-inf``; they are constants: their cotangent is ignored and their
+        gradient is 0. A fully masked slice is all ``-inf`` with a zero gradient.
+      * A ``-inf`` input gives ``-inf`` with its exact derivative: the gradient of entry ``i``
+        is ``g_i − s_i Σg = g_i`` since ``s_i = 0``.
+      * An unmasked slice whose entries are all ``-inf`` is ``NaN``, as in ``jax.nn``; mask it
+        (``where=x > -jnp.inf``) to get ``-inf``.
       * A ``+inf`` or ``NaN`` entry makes its own slice ``NaN``; other slices are unaffected.
       * float16/bfloat16 inputs are computed in float32 and returned in the input dtype.
       * Integer and boolean inputs raise ``TypeError``.
@@ -179,8 +184,11 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None
 
 def _log_softmax_impl(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) -> jax.Array:
     z, _ = _shifted(x.astype(compute_dtype(x.dtype)), where, axes)
-    # log Σ exp(x - m) ≥ 0 for any slice with a finite entry, so nothing here can overflow
-    out = z - jnp.log(_safe_denominator(jnp.sum(jnp.exp(z), axes, keepdims=True)))
+    # log Σ exp(x - m) ∈ [0, log n]: subtracting it from x - m cannot overflow
+    out = z - jnp.log(jnp.sum(jnp.exp(z), axes, keepdims=True))
+    if where is not None:
+        # masked entries (and so a fully masked slice, NaN above) are exactly -inf
+        out = jnp.where(where, out, jnp.array(-jnp.inf, out.dtype))
     return out.astype(x.dtype)
 
 
@@ -191,16 +199,22 @@ def _log_softmax(x, where, axes):
 
 def _log_softmax_fwd(x, where, axes):
     out = _log_softmax_impl(x, where, axes)
-    return out, out  # the output is the only residual; s = exp(out)
+    # the output is the only array residual (s = exp(out)); the boolean mask, when given, is
+    # kept so that masked entries can be told apart from -inf inputs
+    return out, (out, where)
 
 
-def _log_softmax_bwd(axes, out, g):
-    # x̄ = g − s Σ g with s = exp(out), the VJP of I − 1 sᵀ. A -inf output (masked or -inf
-    # input) is a constant: its cotangent is dropped from the sum and its gradient is 0.
+def _log_softmax_bwd(axes, res, g):
+    # x̄ = g − s Σ g with s = exp(out): the VJP of I − 1 sᵀ. Masked entries are constants, so
+    # their cotangent is dropped first; s = 0 there, which makes their gradient exactly 0. A
+    # -inf input keeps its exact derivative g_i − 0 · Σg = g_i.
+    out, where = res
     cdt = compute_dtype(out.dtype)
-    o = out.astype(cdt)
-    g = jnp.where(jnp.isneginf(o), jnp.zeros((), cdt), g.astype(cdt))
-    return (g - jnp.exp(o) * jnp.sum(g, axes, keepdims=True)).astype(out.dtype), None
+    g = g.astype(cdt)
+    if where is not None:
+        g = jnp.where(where, g, jnp.zeros((), cdt))
+    dx = g - jnp.exp(out.astype(cdt)) * jnp.sum(g, axes, keepdims=True)
+    return dx.astype(out.dtype), None
 
 
 _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
@@ -260,11 +274,13 @@ def _logsumexp_impl(x, where, axes):
     if where is not None:
         # masked entries take part as -inf (kept in x's dtype: this is also the residual)
         x = jnp.where(where, x, jnp.array(-jnp.inf, x.dtype))
-    z, m = _shifted(x.astype(compute_dtype(x.dtype)), None, axes)
+    xc = x.astype(compute_dtype(x.dtype))
+    m = lax.stop_gradient(jnp.max(xc, axes, keepdims=True, initial=-jnp.inf))
+    # a slice with no finite entry is shifted by 0 rather than -inf, so its exps are exact 0s
+    # (or a +inf) and its log-sum is -inf (or +inf) instead of NaN from inf − inf
+    m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
     # adding the shift back after the log keeps the result exact for huge |x|
-    lse = jnp.log(jnp.sum(jnp.exp(z), axes, keepdims=True)) + m
-    # a +inf entry makes the sum +inf, not the NaN that (+inf) − (+inf) left in z
-    lse = jnp.where(jnp.isposinf(m), m, lse)
+    lse = jnp.log(jnp.sum(jnp.exp(xc - m), axes, keepdims=True)) + m
     return lse, x
 
 

@@ -199,12 +199,14 @@ def test_inf_or_nan_poisons_only_its_own_slice(name, bad):
         assert bool(jnp.all(jnp.isnan(out[1])))
 
 
-@pytest.mark.parametrize("masked", ["where", "neginf"])
-def test_fully_masked_slice(masked):
+@pytest.mark.parametrize("how", ["where", "where_and_neginf"])
+def test_fully_masked_slice(how):
     x = rand((3, 4))
     where = jnp.ones((3, 4), bool).at[1].set(False)
-    if masked == "neginf":
-        x, where = x.at[1].set(-jnp.inf), None
+    if how == "where_and_neginf":
+        # the remedy the docstrings give for slices that are entirely -inf
+        x = x.at[1].set(-jnp.inf)
+        where = x > -jnp.inf
     np.testing.assert_array_equal(jsoftmax.softmax(x, where=where)[1], jnp.zeros(4))
     assert bool(jnp.all(jnp.isneginf(jsoftmax.log_softmax(x, where=where)[1])))
     assert bool(jnp.isneginf(jsoftmax.logsumexp(x, where=where)[1]))
@@ -214,6 +216,9 @@ def test_fully_masked_slice(masked):
         "log_softmax": lambda x: jnp.sum(
             jnp.where(jnp.arange(3)[:, None] == 1, 0.0, jsoftmax.log_softmax(x, where=where))
         ),
+        "log_softmax_ct": lambda x: jnp.sum(
+            jnp.where(where, jsoftmax.log_softmax(x, where=where), 0.0) * ct
+        ),
         "logsumexp": lambda x: jnp.sum(
             jnp.where(jnp.arange(3) == 1, 0.0, jsoftmax.logsumexp(x, where=where))
         ),
@@ -222,6 +227,29 @@ def test_fully_masked_slice(masked):
         g = jax.grad(loss)(x)
         np.testing.assert_array_equal(g[1], jnp.zeros(4), err_msg=name)
         assert bool(jnp.all(jnp.isfinite(g))), name
+
+
+def test_unmasked_all_neginf_slice_is_nan_like_jax_nn():
+    x = rand((3, 4)).at[1].set(-jnp.inf)
+    for name in ["softmax", "log_softmax"]:
+        ours, theirs = FNS[name]
+        assert bool(jnp.all(jnp.isnan(ours(x)[1])))
+        np.testing.assert_array_equal(ours(x)[jnp.array([0, 2])], theirs(x)[jnp.array([0, 2])])
+        assert bool(jnp.all(jnp.isnan(theirs(x)[1])))
+    # logsumexp has a well-defined answer there, -inf, with a zero gradient
+    assert bool(jnp.isneginf(jsoftmax.logsumexp(x)[1]))
+    g = jax.grad(lambda x: jnp.sum(jnp.where(jnp.arange(3) == 1, 0.0, jsoftmax.logsumexp(x))))(x)
+    assert bool(jnp.all(g[1] == 0))
+
+
+def test_log_softmax_gradient_at_neginf_input_is_exact(x64):
+    # out_i = x_i − lse(x): ∂out_i/∂x_i = 1 − s_i = 1 at x_i = -inf, as autodiff of jax.nn says
+    x = jnp.array([0.5, -jnp.inf, 1.5])
+    ct = jnp.array([0.3, 0.7, -0.2])
+    _, vjp = jax.vjp(jsoftmax.log_softmax, x)
+    _, vjp_nn = jax.vjp(jax.nn.log_softmax, x)
+    np.testing.assert_allclose(vjp(ct)[0], vjp_nn(ct)[0], rtol=1e-12)
+    assert vjp(ct)[0][1] == 0.7
 
 
 def test_masked_entries_values():
@@ -300,6 +328,16 @@ def test_rule_saves_only_the_output(name):
     residuals = jax.tree_util.tree_leaves(vjp)
     assert len(residuals) == 1
     np.testing.assert_array_equal(residuals[0], y)
+    # with a mask, log_softmax also keeps the (unbroadcast) boolean mask, softmax does not
+    where = jnp.arange(16)[None, :] < 12
+    y, vjp = jax.vjp(lambda x: ours(x, where=where), x)
+    residuals = jax.tree_util.tree_leaves(vjp)
+    floats = [r for r in residuals if r.dtype != jnp.bool_]
+    assert len(floats) == 1
+    np.testing.assert_array_equal(floats[0], y)
+    assert [r.shape for r in residuals if r.dtype == jnp.bool_] == (
+        [(1, 16)] if name == "log_softmax" else []
+    )
 
 
 def test_logsumexp_saves_input_and_result_only():
