@@ -1,10 +1,12 @@
 """Forward-mode twins of softmax, log_softmax and logsumexp, built on ``jax.custom_jvp``.
 
-A ``custom_vjp`` function cannot be differentiated in forward mode, so ``jax.jacfwd``,
-``jax.hessian`` and jvp-of-grad (the usual Hessian-vector product) fail on anything built from
-:func:`jsoftmax.softmax`. These twins compute the same values with the same stable numerics but
-carry the *JVP* form of the same analytic Jacobians; JAX transposes that linear map for reverse
-mode, so one rule serves ``jvp``, ``grad``, ``jacfwd``, ``hessian`` and every composition.
+A ``custom_vjp`` function cannot itself be pushed through forward mode: ``jax.jvp``,
+``jax.jacfwd``, ``jax.linearize`` and forward-over-forward derivatives of anything built from
+:func:`jsoftmax.softmax` raise ``TypeError``. (Forward-over-reverse still works, because the
+backward rule is ordinary JAX code: ``jax.hessian`` and jvp-of-grad Hessian-vector products of
+the custom_vjp functions are fine.) These twins compute the same values with the same stable
+numerics but carry the *JVP* form of the same analytic Jacobians; JAX transposes that linear
+map for reverse mode, so one rule serves every mode and every composition.
 
 Use them through the public namespace :mod:`jsoftmax.fwd`.
 """

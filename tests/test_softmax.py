@@ -420,9 +420,24 @@ def test_fwd_twins_match_values_and_support_forward_mode(name, masked, x64):
     where = jnp.array([True, True, False, True, True]) if masked else None
     np.testing.assert_array_equal(twin(x, where=where), ours(x, where=where))
     check_grads(lambda x: twin(x, where=where), (x,), order=2, modes=["fwd", "rev"])
-    # the custom_vjp version rejects forward mode; the twin exists for exactly this
+    # the custom_vjp version rejects forward mode on itself; the twin exists for exactly this
     with pytest.raises(TypeError, match="custom_vjp"):
         jax.jacfwd(lambda x: ours(x, where=where))(x)
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jacfwd(jax.jacfwd(lambda x: ours(x, where=where)))(x)
+
+    # forward-over-reverse of the custom_vjp version works and agrees with the twin
+    def loss(fn):
+        def f(x):
+            out = fn(x, where=where)
+            live = jnp.ones(out.shape, bool) if where is None or out.ndim < 2 else where
+            return jnp.sum(jnp.where(live, jnp.sin(out), 0.0))  # masked log-probs are -inf
+
+        return f
+
+    hess_ours = jax.jit(jax.hessian(loss(ours)))(x)
+    hess_twin = jax.jit(jax.jacfwd(jax.jacfwd(loss(twin))))(x)
+    np.testing.assert_allclose(hess_ours, hess_twin, rtol=1e-10, atol=1e-12)
 
 
 def test_hessian_of_twin_loss_equals_reverse_over_reverse_of_custom_vjp(x64):
