@@ -3,6 +3,12 @@
 from jsoftmax import fwd as fwd
 from jsoftmax._jacobian import log_softmax_jacobian as log_softmax_jacobian
 from jsoftmax._jacobian import softmax_jacobian as softmax_jacobian
+from jsoftmax._loss import cross_entropy as cross_entropy
+from jsoftmax._loss import nll_loss as nll_loss
+from jsoftmax._loss import softmax_cross_entropy as softmax_cross_entropy
+from jsoftmax._loss import (
+    softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
+)
 from jsoftmax._softmax import log_softmax as log_softmax
 from jsoftmax._softmax import logsumexp as logsumexp
 from jsoftmax._softmax import softmax as softmax
@@ -11,10 +17,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "cross_entropy",
     "fwd",
     "log_softmax",
     "log_softmax_jacobian",
     "logsumexp",
+    "nll_loss",
     "softmax",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_with_integer_labels",
     "softmax_jacobian",
 ]

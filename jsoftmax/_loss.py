@@ -1,0 +1,735 @@
+"""Classification losses: cross-entropy with PyTorch's options, NLL, and optax drop-ins.
+
+Every cross-entropy here is one fused ``jax.custom_vjp`` that returns the per-example loss. Its
+backward pass is the closed form ``g · (Σt · softmax(z) − t)`` (plus the z-loss term), so no
+log-softmax is ever materialised for autodiff to walk back through. The reduction ("mean",
+"sum", "none") is plain JAX around the per-example kernel.
+
+Notation, per example ``n`` and class ``c`` (after the class axes have been moved to the end and
+flattened into one axis of ``C`` classes):
+
+* ``z`` logits, ``m = max_c z`` (the shift), ``s = Σ_c exp(z − m)``, ``lse = m + log s``;
+* ``t`` the target row: a smoothed, weighted one-hot for integer labels (never formed in memory:
+  the forward pass gathers one logit per example and the backward pass scatter-adds one value
+  per example), or the smoothed, weighted probabilities;
+* ``e = exp(z − m)``: for integer labels the forward pass saves ``e`` rather than ``z``, so the
+  gradient ``(coef / s) · e − t`` costs no second ``exp`` per logit;
+* ``ok`` whether the example takes part (not masked, not ``ignore_index``, some class left by a
+  class mask) and ``ω`` its weight in the mean: ``weight[y]·ok`` for integer labels, ``ok`` for
+  probability labels.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.typing import ArrayLike
+
+from jsoftmax._checks import Axis, as_float_array, as_mask, canonical_axes, compute_dtype
+
+__all__ = [
+    "cross_entropy",
+    "nll_loss",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_with_integer_labels",
+]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+# --------------------------------------------------------------------------------------------
+# Trace-time validation and layout
+# --------------------------------------------------------------------------------------------
+
+
+def _class_axes(axis: Axis, ndim: int, fn: str) -> tuple[int, ...]:
+    """Validate ``axis``; return the class axes in the order the caller gave them.
+
+    The order matters for tuple axes: an integer label is a flat row-major index into the slice
+    ``logits[axis]`` taken in that order, as in optax.
+    """
+    canonical_axes(axis, ndim, fn)  # raises the shared TypeError / ValueError messages
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, (int, np.integer)):
+        return (int(axis) % ndim,)
+    return tuple(int(a) % ndim for a in axis)
+
+
+def _to_classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Move ``axes`` to the end (in the given order) and flatten them into one class axis."""
+    batch = tuple(a for a in range(x.ndim) if a not in axes)
+    if batch + axes != tuple(range(x.ndim)):
+        x = jnp.transpose(x, batch + axes)  # skipped for the usual trailing class axis
+    if len(axes) == 1:
+        return x
+    return x.reshape((*x.shape[: len(batch)], -1))
+
+
+def _check_option(value, name: str, fn: str, lo: float, hi: float | None) -> float:
+    """A Python-number hyper-parameter in ``[lo, hi]`` (``hi=None``: no upper bound)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: {name} must be a Python float; got {value!r}")
+    value = float(value)
+    if not (lo <= value and (hi is None or value <= hi)):  # also rejects NaN
+        bound = f"in [{lo:g}, {hi:g}]" if hi is not None else f">= {lo:g}"
+        raise ValueError(f"{fn}: {name} must be {bound}; got {value!r}")
+    return value
+
+
+def _check_reduction(reduction, fn: str) -> None:
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
+        raise ValueError(f"{fn}: reduction must be one of {_REDUCTIONS}; got {reduction!r}")
+
+
+def _check_labels_in_range(labels, n_classes: int, ignore_index: int | None, fn: str) -> None:
+    """Raise ``ValueError`` naming the first out-of-range label when ``labels`` is concrete.
+
+    Under ``jit`` the labels are tracers and this check is skipped; the kernels then make the
+    loss of such an example NaN instead.
+    """
+    if isinstance(labels, jax.core.Tracer):
+        return
+    host = np.asarray(labels)
+    bad = (host < 0) | (host >= n_classes)
+    if ignore_index is not None:
+        bad &= host != ignore_index
+    if bad.any():
+        pos = tuple(int(i) for i in np.argwhere(bad)[0])
+        allowed = f"[0, {n_classes})"
+        if ignore_index is not None:
+            allowed += f" or ignore_index={ignore_index}"
+        raise ValueError(
+            f"{fn}: labels must be class indices in {allowed}; got {host[pos]} at position "
+            f"{pos} of labels with shape {host.shape}"
+        )
+
+
+class _Inputs(NamedTuple):
+    """Validated inputs, class axes moved to the end and flattened."""
+
+    logits: jax.Array  # [..., C] in the caller's dtype
+    labels: jax.Array  # int [...] or float [..., C]
+    weight: jax.Array | None  # [C] in the compute dtype, gradient stopped
+    ok: jax.Array | None  # bool [...]: the example takes part
+    mask: jax.Array | None  # bool [..., C]: the class takes part in the softmax
+    count: jax.Array | None  # int [...]: unmasked classes per example (with a class mask only)
+
+
+def _prepare(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    axis: Axis,
+    weight: ArrayLike | None,
+    ignore_index: int | None,
+    where: ArrayLike | None,
+    fn: str,
+    name: str = "logits",
+) -> _Inputs:
+    logits = as_float_array(logits, name, fn)
+    labels = jnp.asarray(labels)
+    axes = _class_axes(axis, logits.ndim, fn)
+    batch_shape = tuple(d for a, d in enumerate(logits.shape) if a not in axes)
+    n_classes = int(np.prod([logits.shape[a] for a in axes]))
+    layout = f"{name} of shape {logits.shape} with axis={axis!r}"
+    if n_classes == 0:
+        raise ValueError(f"{fn}: {layout} have no classes")
+    if ignore_index is not None and (
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer))
+    ):
+        raise TypeError(f"{fn}: ignore_index must be an int or None; got {ignore_index!r}")
+
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        if labels.shape != batch_shape:
+            raise ValueError(
+                f"{fn}: integer labels must have shape {batch_shape} (the {layout} without "
+                f"the class axes); got {labels.shape}"
+            )
+        _check_labels_in_range(labels, n_classes, ignore_index, fn)
+    elif jnp.issubdtype(labels.dtype, jnp.floating):
+        if labels.shape != logits.shape:
+            raise ValueError(
+                f"{fn}: probability labels must have the shape of {name}, {logits.shape}; got "
+                f"{labels.shape} (class indices need an integer dtype)"
+            )
+        if ignore_index is not None:
+            raise ValueError(
+                f"{fn}: ignore_index={ignore_index!r} applies to integer labels only; got "
+                f"probability labels of dtype {labels.dtype} (mask examples with where instead)"
+            )
+        labels = _to_classes_last(labels, axes)
+    else:
+        raise TypeError(
+            f"{fn}: labels must be integer class indices or floating-point probabilities; got "
+            f"dtype {labels.dtype}"
+        )
+
+    if weight is not None:
+        weight = as_float_array(weight, "weight", fn)
+        if weight.shape != (n_classes,):
+            raise ValueError(
+                f"{fn}: weight must have shape [classes] = ({n_classes},) for {layout}; got "
+                f"{weight.shape}"
+            )
+        # class weights are constants of the loss: no gradient flows into them
+        weight = lax.stop_gradient(weight.astype(compute_dtype(logits.dtype)))
+
+    ok = mask = count = None
+    if where is not None:
+        where = jnp.asarray(where)
+        if where.dtype != jnp.bool_:
+            raise TypeError(f"{fn}: where must be a boolean mask; got dtype {where.dtype}")
+        if where.ndim == len(batch_shape):
+            # one flag per example
+            if not _broadcasts(where.shape, batch_shape):
+                raise ValueError(
+                    f"{fn}: where of shape {where.shape} (one flag per example) must be "
+                    f"broadcastable to {batch_shape}, the {layout} without the class axes"
+                )
+            ok = as_mask(where, batch_shape, fn)
+        elif where.ndim == logits.ndim:
+            # one flag per class: masked classes leave the softmax
+            if not _broadcasts(where.shape, logits.shape):
+                raise ValueError(
+                    f"{fn}: where of shape {where.shape} (one flag per class) must be "
+                    f"broadcastable to {name} of shape {logits.shape}"
+                )
+            mask = _to_classes_last(as_mask(where, logits.shape, fn), axes)
+            count = jnp.sum(mask, -1, dtype=jnp.int32)
+            ok = count > 0  # an example with every class masked contributes nothing
+        else:
+            raise ValueError(
+                f"{fn}: where must have rank {len(batch_shape)} (one flag per example, "
+                f"broadcastable to {batch_shape}) or rank {logits.ndim} (broadcastable to "
+                f"{name} of shape {logits.shape}); got shape {where.shape}"
+            )
+    if ignore_index is not None:
+        keep = labels != ignore_index
+        ok = keep if ok is None else ok & keep
+    return _Inputs(_to_classes_last(logits, axes), labels, weight, ok, mask, count)
+
+
+def _broadcasts(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    try:
+        return np.broadcast_shapes(shape, target) == tuple(target)
+    except ValueError:
+        return False
+
+
+def _safe_labels(labels: jax.Array, n_classes: int, ok: jax.Array | None):
+    """``(bad, y)``: which taking-part labels are out of range, and labels safe to index with."""
+    bad = (labels < 0) | (labels >= n_classes)
+    if ok is not None:
+        bad &= ok
+    return bad, jnp.where((labels < 0) | (labels >= n_classes), 0, labels)
+
+
+def _example_weight(inp: _Inputs, cdt) -> jax.Array:
+    """``ω``: the example's weight in the mean's denominator."""
+    if jnp.issubdtype(inp.labels.dtype, jnp.integer) and inp.weight is not None:
+        omega = inp.weight[_safe_labels(inp.labels, inp.logits.shape[-1], None)[1]]
+    else:
+        omega = jnp.ones(inp.logits.shape[:-1], cdt)
+    return omega if inp.ok is None else jnp.where(inp.ok, omega, 0)
+
+
+def _reduce(loss: jax.Array, inp: _Inputs, reduction: str) -> jax.Array:
+    if reduction == "none":
+        return loss
+    total = jnp.sum(loss)
+    if reduction == "sum":
+        return total
+    den = jnp.sum(_example_weight(inp, loss.dtype))
+    # every example ignored or masked: return 0 (not 0/0), and so a zero gradient
+    return total / jnp.where(den == 0, jnp.ones_like(den), den)
+
+
+def _per_class(w: jax.Array, ndim: int) -> jax.Array:
+    """A ``[C]`` vector viewed as ``[1, ..., 1, C]`` so it broadcasts without rank promotion."""
+    return w.reshape((1,) * (ndim - 1) + w.shape)
+
+
+def _xmul(coef: jax.Array, x: jax.Array) -> jax.Array:
+    """``coef · x``, but 0 wherever ``coef == 0`` even if ``x`` is ±inf (0 · log 0 = 0)."""
+    return jnp.where(coef == 0, jnp.zeros_like(x), coef * x)
+
+
+# --------------------------------------------------------------------------------------------
+# The fused kernel
+# --------------------------------------------------------------------------------------------
+
+
+class _Config(NamedTuple):
+    """Static options of the kernel (hashable: it is a ``nondiff_argnums`` argument)."""
+
+    smoothing: float
+    z_loss: float
+
+
+def _shift(z: jax.Array, mask: jax.Array | None):
+    """Per example: ``(z − m, exp(z − m), m, s)`` over the unmasked classes, compute dtype."""
+    x = z.astype(compute_dtype(z.dtype))
+    if mask is not None:
+        x = jnp.where(mask, x, -jnp.inf)  # masked classes take part as -inf: probability 0
+    # Starting the max at the lowest finite value (rather than selecting on a -inf max) keeps
+    # an all -inf row at a finite shift and lets XLA fuse the max with the exp-sum below.
+    m = jnp.max(x, -1, keepdims=True, initial=jnp.finfo(x.dtype).min)
+    xs = x - m  # subtract the row max so exp cannot overflow
+    e = jnp.exp(xs)
+    return xs, e, m[..., 0], jnp.sum(e, -1)
+
+
+def _smoothing_share(cfg: _Config, ok, count, n_classes: int, shape, cdt):
+    """``ε / C_n`` for taking-part examples, 0 otherwise (``C_n``: unmasked classes)."""
+    share = cfg.smoothing / (n_classes if count is None else jnp.maximum(count, 1).astype(cdt))
+    share = jnp.broadcast_to(jnp.asarray(share, cdt), shape)
+    return share if ok is None else jnp.where(ok, share, 0)
+
+
+def _prob_target(cfg: _Config, labels, weight, ok, mask, count, cdt):
+    """``t_c = w_c ((1 − ε) p_c + ε / C_n)`` on unmasked classes of taking-part examples."""
+    t = labels.astype(cdt)
+    if cfg.smoothing:
+        share = _smoothing_share(cfg, None, count, labels.shape[-1], labels.shape[:-1], cdt)
+        t = (1 - cfg.smoothing) * t + share[..., None]  # mix with the uniform distribution
+    if weight is not None:
+        t = t * _per_class(weight, t.ndim)
+    if mask is not None:
+        t = jnp.where(mask, t, 0)
+    if ok is not None:
+        t = jnp.where(ok[..., None], t, 0)
+    return t
+
+
+class _Stats(NamedTuple):
+    """What the forward pass leaves for the backward pass, besides the inputs."""
+
+    e: jax.Array  # exp(z − m), logits-sized
+    m: jax.Array  # per example: the shift
+    log_s: jax.Array  # per example: log Σ_c exp(z_c − m)
+    r: jax.Array  # per example: (Σ_c t_c + 2 ζ ω lse) / s, the scale of e in the gradient
+    a: jax.Array | None  # per example: the one-hot part of t (integer labels)
+    b: jax.Array | None  # per example: the uniform part of t (integer labels, smoothing)
+
+
+def _forward(cfg: _Config, z, labels, weight, ok, mask, count) -> tuple[jax.Array, _Stats]:
+    """Per-example loss and the statistics the backward pass needs."""
+    cdt = compute_dtype(z.dtype)
+    n_classes = z.shape[-1]
+    xs, e, m, s = _shift(z, mask)
+    log_s = jnp.log(s)  # log 0 = -inf for a row with no finite unmasked logit
+    lse = m + log_s
+    a = b = bad = None
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        bad, y = _safe_labels(labels, n_classes, ok)
+        omega = jnp.ones(labels.shape, cdt) if weight is None else weight[y]
+        if ok is not None:
+            omega = jnp.where(ok, omega, 0)
+        a = (1 - cfg.smoothing) * omega  # the one-hot part of t: a · [c = y]
+        # z_y − m from a gather of one value per example (of the raw logit: a label on a
+        # masked class still scores its own logit, as in optax)
+        zy_s = jnp.take_along_axis(z, y[..., None], -1)[..., 0].astype(cdt) - m
+        # a (lse − z_y) = a (log s − (z_y − m)): no cancellation between a large lse and z_y
+        loss = _xmul(a, log_s - zy_s)
+        tsum = a
+        if cfg.smoothing:
+            # the uniform part of t: b · w_c on unmasked classes, b = ε / C_n
+            b = _smoothing_share(cfg, ok, count, n_classes, labels.shape, cdt)
+            w = _per_class(jnp.ones((n_classes,), cdt) if weight is None else weight, z.ndim)
+            keep = w != 0 if mask is None else (w != 0) & mask
+            # Σ_c w_c (z_c − m), where a zero weight or a masked class adds 0 even at -inf
+            wsum_s = jnp.sum(jnp.where(keep, w * xs, 0), -1)
+            wtot = jnp.sum(jnp.where(keep, w, 0), -1)
+            # b Σ_c w_c (lse − z_c) = b (W log s − Σ_c w_c (z_c − m))
+            loss = loss + _xmul(b, wtot * log_s - wsum_s)
+            tsum = a + b * wtot
+        zw = omega
+    else:
+        t = _prob_target(cfg, labels, weight, ok, mask, count, cdt)
+        tsum = jnp.sum(t, -1)
+        # Σ_c t_c (lse − z_c) = Σt · log s − Σ_c t_c (z_c − m), with 0 · (−inf) taken as 0
+        loss = tsum * log_s - jnp.sum(_xmul(t, xs), -1)
+        zw = jnp.ones(labels.shape[:-1], cdt) if ok is None else ok.astype(cdt)
+    coef = tsum
+    if cfg.z_loss:
+        # the PaLM z-loss ζ ω lse², weighted like the example; its gradient adds 2 ζ ω lse · p
+        loss = loss + cfg.z_loss * _xmul(zw, lse * lse)
+        coef = coef + 2 * cfg.z_loss * _xmul(zw, lse)
+    if bad is not None:
+        # an out-of-range label under jit: NaN loss and NaN gradient row, never a finite number
+        loss = jnp.where(bad, jnp.nan, loss)
+        coef = jnp.where(bad, jnp.nan, coef)
+    # softmax = e / s, so the gradient's softmax term is (coef / s) · e. s >= 1 whenever the row
+    # has a finite logit (its max contributes exp(0) = 1); otherwise s = 0 and e = 0, and
+    # dividing by max(s, 1) keeps that row at 0 without a select, which would split the fused
+    # reduce-exp-multiply in two.
+    r = coef / jnp.maximum(s, 1)
+    return loss, _Stats(e, m, log_s, r, a, b)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _cross_entropy(cfg, z, labels, weight, ok, mask, count):
+    return _forward(cfg, z, labels, weight, ok, mask, count)[0]
+
+
+def _cross_entropy_fwd(cfg, z, labels, weight, ok, mask, count):
+    loss, st = _forward(cfg, z, labels, weight, ok, mask, count)
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        # Integer labels: the gradient is r·e − (one-hot and uniform parts), so saving e instead
+        # of z spares the backward pass a second exp per logit. Half-precision logits save z
+        # (half the bytes of a float32 e) and recompute e. ok and count live on in a, b and r.
+        if z.dtype == st.e.dtype:
+            return loss, (st.e, None, labels, weight, None, mask, None, None, st.r, st.a, st.b)
+        return loss, (z, st.m, labels, weight, None, mask, None, None, st.r, st.a, st.b)
+    # Probability labels: their gradient needs z itself, so z is saved and e recomputed.
+    return loss, (z, st.m, labels, weight, ok, mask, count, st.log_s, st.r, None, None)
+
+
+def _cross_entropy_bwd(cfg, res, g):
+    # loss_n = Σ_c t_nc (lse_n − z_nc) + ζ ω_n lse_n², so with p = softmax(z) = e / s:
+    #   ∂loss_n/∂z_nc = (Σ_c t_nc + 2 ζ ω_n lse_n) p_nc − t_nc = r_n e_nc − t_nc
+    #   ∂loss_n/∂l_nc = (1 − ε) w_c ok_n (lse_n − z_nc)  for probability labels l (0 if masked)
+    src, m, labels, weight, ok, mask, count, log_s, r, a, b = res
+    cdt = compute_dtype(src.dtype)
+    g = g.astype(cdt)
+    if m is None:
+        e = src  # saved by the forward pass (src has the logits' dtype either way)
+    else:
+        xs = src.astype(cdt) - m[..., None]
+        # masked classes: e = 0 (xs itself stays finite: it also feeds the labels' gradient,
+        # whose own derivatives must not meet an infinity)
+        e = jnp.exp(xs if mask is None else jnp.where(mask, xs, -jnp.inf))
+    dz = (g * r)[..., None] * e
+    dlabels = None
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        if b is not None:
+            # the uniform part b · w_c on unmasked classes
+            u = (g * b)[..., None]
+            u = u if weight is None else u * _per_class(weight, u.ndim)
+            dz = dz - (u if mask is None else jnp.where(mask, u, 0))
+        # The one-hot part a · [c = y]: a scatter-add of one value per example into dz, in
+        # place, rather than an iota comparison over every logit. An index past the end
+        # (ignored or out-of-range labels, whose rows are 0 or NaN already) is dropped.
+        n_classes = dz.shape[-1]
+        y = jnp.where((labels < 0) | (labels >= n_classes), n_classes, labels).reshape(-1)
+        rows = dz.reshape(-1, n_classes)
+        rows = rows.at[jnp.arange(rows.shape[0]), y].add(-(g * a).reshape(-1), mode="drop")
+        dz = rows.reshape(dz.shape)
+    else:
+        dz = dz - g[..., None] * _prob_target(cfg, labels, weight, ok, mask, count, cdt)
+        live = jnp.ones(dz.shape, bool) if mask is None else mask
+        if ok is not None:
+            live = live & ok[..., None]
+        scale = ((1 - cfg.smoothing) * g)[..., None]
+        scale = scale if weight is None else scale * _per_class(weight, scale.ndim)
+        # lse − z = log s − (z − m)
+        dlabels = jnp.where(live, scale * (log_s[..., None] - xs), 0).astype(labels.dtype)
+    return dz.astype(src.dtype), dlabels, None, None, None, None
+
+
+_cross_entropy.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
+
+
+def _ce_per_example(inp: _Inputs, cfg: _Config) -> jax.Array:
+    return _cross_entropy(cfg, inp.logits, inp.labels, inp.weight, inp.ok, inp.mask, inp.count)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: Axis = -1,
+    weight: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    reduction: str = "mean",
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Softmax cross-entropy with PyTorch's options, a z-loss and masks, in one fused rule.
+
+    With :math:`\ell_n = \mathrm{logsumexp}(z_n)` and a target row :math:`t_n`, the loss of
+    example :math:`n` is
+
+    .. math::
+        L_n = \sum_c t_{nc}\,(\ell_n - z_{nc}) + \zeta\,\omega_n\,\ell_n^2 .
+
+    Integer labels :math:`y_n` (class weights :math:`w`, ones by default, smoothing
+    :math:`\varepsilon`, :math:`C` classes):
+
+    .. math::
+        t_{nc} = (1-\varepsilon)\,w_{y_n}[c = y_n] + \tfrac{\varepsilon}{C}\,w_c,
+        \qquad \omega_n = w_{y_n}.
+
+    Probability labels :math:`q_n`:
+
+    .. math::
+        t_{nc} = w_c\left((1-\varepsilon)\,q_{nc} + \tfrac{\varepsilon}{C}\right),
+        \qquad \omega_n = 1.
+
+    ``"mean"`` is :math:`\sum_n L_n / \sum_n \omega_n` over the examples that take part, which
+    is PyTorch's weighted mean for integer labels (smoothing does not change the denominator)
+    and its plain mean over examples for probability labels. The gradient is the closed form
+
+    .. math::
+        \frac{\partial L_n}{\partial z_{nc}} =
+        \Big(\sum_{c'} t_{nc'} + 2\zeta\,\omega_n\,\ell_n\Big)\,\mathrm{softmax}(z_n)_c - t_{nc},
+
+    computed from the saved logits and per-example statistics; probability labels get
+    :math:`\partial L_n / \partial q_{nc} = (1-\varepsilon)\,w_c\,(\ell_n - z_{nc})`.
+
+    Args:
+      logits: unnormalised scores ``[..., classes]`` (classes along ``axis``), floating point.
+      labels: either integer class indices of ``logits``' shape without ``axis``, e.g.
+        ``[batch]`` for ``[batch, classes]`` logits, or floating-point class probabilities of
+        ``logits``' shape, ``[batch, classes]`` (PyTorch dispatches the same way).
+      axis: the class axis, or a tuple of axes flattened (in the order given) into one class
+        axis; integer labels are then flat indices into that slice, as in optax.
+      weight: optional per-class weights ``[classes]``; treated as constants (no gradient).
+      ignore_index: an integer label value whose examples contribute nothing, as in PyTorch
+        (which defaults to -100; here the default ``None`` ignores nothing). Integer labels
+        only.
+      label_smoothing: :math:`\varepsilon \in [0, 1]`, mass moved to the uniform distribution.
+      z_loss: :math:`\zeta \ge 0`, weight of the auxiliary :math:`\ell_n^2` term (PaLM).
+      reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+      where: optional boolean mask. Of ``logits``' rank minus the number of class axes (e.g.
+        ``[batch]``): masks examples. Of ``logits``' rank and broadcastable to it (e.g.
+        ``[batch, classes]``): masks classes, which leave the softmax and get no smoothing mass
+        (:math:`C` becomes the number of unmasked classes); an example with every class masked
+        is masked. Masked examples contribute nothing to the loss, the gradient or the mean.
+
+    Returns:
+      A scalar for ``"mean"`` and ``"sum"``; the per-example losses of ``logits``' shape
+      without ``axis`` for ``"none"``. float32 for float16/bfloat16/float32 logits, float64 for
+      float64 logits.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jsoftmax
+      >>> logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
+      >>> print(jsoftmax.cross_entropy(logits, jnp.array([0, 1])).round(4))
+      1.2056
+      >>> print(jsoftmax.cross_entropy(logits, jnp.array([0, 1]), reduction="none").round(4))
+      [0.2413 2.1698]
+      >>> w = jnp.array([1.0, 3.0, 1.0])
+      >>> loss = jsoftmax.cross_entropy(logits, jnp.array([0, 1]), weight=w, label_smoothing=0.1)
+      >>> print(loss.round(4))
+      1.6736
+
+    Notes:
+      * A ``-inf`` logit on a class with zero target mass has probability 0 and a zero
+        gradient: the loss stays finite. A ``-inf`` logit on the labelled class gives ``+inf``
+        (not NaN); with ``label_smoothing > 0`` every unmasked class has target mass, so any
+        unmasked ``-inf`` logit gives ``+inf`` (as in PyTorch; mask such classes with
+        ``where``).
+      * A ``+inf`` or ``NaN`` logit, or a row with every logit ``-inf``, gives a NaN loss for
+        that example only.
+      * Out-of-range integer labels (other than ``ignore_index``) raise ``ValueError`` when
+        ``labels`` is concrete; under ``jit`` they give a NaN loss and a NaN gradient row.
+      * If every example is ignored or masked, ``"mean"`` returns 0 with zero gradients;
+        PyTorch returns NaN there. PyTorch ignores ``ignore_index`` for probability labels;
+        here it raises ``ValueError``.
+      * A label on a class masked out by ``where`` still scores its own logit against the
+        masked normaliser (as optax does).
+      * float16/bfloat16 logits are computed in float32; the loss is float32 and the logits'
+        gradient has the logits' dtype.
+      * ``label_smoothing`` and ``z_loss`` are static Python numbers (validated at trace time).
+
+    See also:
+      :func:`nll_loss`, :func:`softmax_cross_entropy_with_integer_labels`,
+      :func:`softmax_cross_entropy`, :func:`jsoftmax.logsumexp`.
+    """
+    fn = "cross_entropy"
+    cfg = _Config(
+        _check_option(label_smoothing, "label_smoothing", fn, 0.0, 1.0),
+        _check_option(z_loss, "z_loss", fn, 0.0, None),
+    )
+    _check_reduction(reduction, fn)
+    inp = _prepare(logits, labels, axis, weight, ignore_index, where, fn)
+    return _reduce(_ce_per_example(inp, cfg), inp, reduction)
+
+
+def nll_loss(
+    log_probs: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: Axis = -1,
+    weight: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+) -> jax.Array:
+    r"""Negative log-likelihood of integer labels under given log-probabilities (PyTorch's).
+
+    .. math::
+        L_n = -\,w_{y_n} \log p_{n y_n}, \qquad
+        \mathrm{mean} = \frac{\sum_n L_n}{\sum_n w_{y_n}}
+
+    over the examples whose label is not ``ignore_index``. Nothing is normalised:
+    ``nll_loss(log_softmax(z), y)`` equals ``cross_entropy(z, y)`` (which is faster and more
+    accurate); the gradient is plain autodiff (:math:`-w_{y_n}` at the label, 0 elsewhere).
+
+    Args:
+      log_probs: log-probabilities ``[batch, classes]`` (classes along ``axis``).
+      labels: integer class indices ``[batch]`` (``log_probs``' shape without ``axis``).
+      axis: the class axis, or a tuple of axes flattened in the order given.
+      weight: optional per-class weights ``[classes]``; constants (no gradient).
+      ignore_index: an integer label value whose examples contribute nothing.
+      reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+
+    Returns:
+      A scalar for ``"mean"``/``"sum"``, per-example losses ``[batch]`` for ``"none"``, in the
+      compute dtype (float32 for half-precision inputs).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jsoftmax
+      >>> log_probs = jnp.log(jnp.array([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]]))
+      >>> print(jsoftmax.nll_loss(log_probs, jnp.array([0, 2]), reduction="none").round(4))
+      [0.3567 0.6931]
+      >>> print(jsoftmax.nll_loss(log_probs, jnp.array([0, -100]), ignore_index=-100).round(4))
+      0.3567
+
+    Notes:
+      * A ``-inf`` log-probability at the label gives ``+inf``; elsewhere it is not read.
+      * Out-of-range labels raise ``ValueError`` when concrete; under ``jit`` they give a NaN
+        loss (and a NaN gradient entry).
+      * If every example is ignored, ``"mean"`` returns 0 (PyTorch returns NaN).
+
+    See also:
+      :func:`cross_entropy`.
+    """
+    fn = "nll_loss"
+    _check_reduction(reduction, fn)
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"{fn}: labels must be integer class indices; got dtype {labels.dtype}")
+    inp = _prepare(log_probs, labels, axis, weight, ignore_index, None, fn, name="log_probs")
+    lp = inp.logits.astype(compute_dtype(inp.logits.dtype))
+    bad, y = _safe_labels(inp.labels, lp.shape[-1], inp.ok)
+    omega = _example_weight(inp, lp.dtype)
+    # an out-of-range label multiplies by NaN, so both the loss and its gradient are NaN
+    omega = jnp.where(bad, jnp.nan, omega)
+    loss = -_xmul(omega, jnp.take_along_axis(lp, y[..., None], -1)[..., 0])
+    return _reduce(loss, inp, reduction)
+
+
+def softmax_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Drop-in for ``optax.softmax_cross_entropy`` on the fused jsoftmax rule.
+
+    .. math::
+        L_n = -\sum_c q_{nc} \log \mathrm{softmax}(z_n)_c
+            = \sum_c q_{nc}\,(\mathrm{logsumexp}(z_n) - z_{nc})
+
+    Same signature and values as optax 0.2.8 (``axis`` and ``where`` positional or keyword);
+    the gradient is the closed form :math:`(\sum_c q_{nc})\,\mathrm{softmax}(z_n) - q_n` for the
+    logits and :math:`\mathrm{logsumexp}(z_n) - z_n` for the labels.
+
+    Args:
+      logits: unnormalised scores ``[batch, classes]``.
+      labels: class probabilities broadcastable to ``logits`` (e.g. one-hot ``[batch,
+        classes]``); non-floating labels are cast to ``logits``' dtype.
+      axis: the class axis or axes (``None``: all axes).
+      where: boolean mask, per example (``[batch]``) or per class (``logits``' rank); masked
+        classes leave the softmax and the sum, masked examples give 0.
+
+    Returns:
+      Per-example losses ``[batch]`` in ``logits``' dtype (computed in float32 for half
+      precision), like optax.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jsoftmax
+      >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
+      >>> labels = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+      >>> print(jsoftmax.softmax_cross_entropy(logits, labels).round(4))
+      [0.2761 2.9518]
+
+    Notes:
+      * Where a label is exactly 0 and its logit is ``-inf`` the term is 0 (optax gives NaN,
+        like ``optax.safe_softmax_cross_entropy`` does not).
+      * A ``+inf`` or ``NaN`` logit makes that example's loss NaN.
+
+    See also:
+      :func:`cross_entropy`, :func:`softmax_cross_entropy_with_integer_labels`.
+    """
+    fn = "softmax_cross_entropy"
+    logits = as_float_array(logits, "logits", fn)
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.floating):
+        labels = labels.astype(logits.dtype)  # optax multiplies, so one-hot ints/bools work
+    if labels.shape != logits.shape:
+        if not _broadcasts(labels.shape, logits.shape):
+            raise ValueError(
+                f"{fn}: labels of shape {labels.shape} must be broadcastable to logits of "
+                f"shape {logits.shape}"
+            )
+        labels = jnp.broadcast_to(labels, logits.shape)
+    inp = _prepare(logits, labels, axis, None, None, where, fn)
+    return _ce_per_example(inp, _Config(0.0, 0.0)).astype(logits.dtype)
+
+
+def softmax_cross_entropy_with_integer_labels(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    axis: int | tuple[int, ...] = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Drop-in for ``optax.softmax_cross_entropy_with_integer_labels`` on the fused rule.
+
+    .. math::
+        L_n = -\log \mathrm{softmax}(z_n)_{y_n} = \mathrm{logsumexp}(z_n) - z_{n y_n}
+
+    Same signature and values as optax 0.2.8 (``axis`` and ``where`` positional or keyword);
+    the gradient is the closed form :math:`\mathrm{softmax}(z_n) - \mathrm{onehot}(y_n)`.
+
+    Args:
+      logits: unnormalised scores ``[batch, classes]``.
+      labels: integer class indices ``[batch]`` in ``[0, classes)``.
+      axis: the class axis, or a tuple of axes; a label is then a flat row-major index into
+        the slice ``logits[axis]`` taken in the order given.
+      where: boolean mask, per example (``[batch]``) or per class (``logits``' rank).
+
+    Returns:
+      Per-example losses ``[batch]`` in ``logits``' dtype (computed in float32 for half
+      precision), like optax.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jsoftmax
+      >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
+      >>> loss = jsoftmax.softmax_cross_entropy_with_integer_labels(logits, jnp.array([0, 1]))
+      >>> print(loss.round(4))
+      [0.2761 2.9518]
+
+    Notes:
+      * Out-of-range labels raise ``ValueError`` when concrete; under ``jit`` they give NaN
+        (optax gives NaN above the range and silently wraps negative labels).
+      * ``-inf`` logits off the label are fine; a ``-inf`` logit at the label gives ``+inf``.
+
+    See also:
+      :func:`cross_entropy`, :func:`softmax_cross_entropy`.
+    """
+    fn = "softmax_cross_entropy_with_integer_labels"
+    if axis is None:
+        raise ValueError(f"{fn}: axis must be an int or a tuple of ints; got None")
+    logits = as_float_array(logits, "logits", fn)
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"{fn}: labels must be integer class indices; got dtype {labels.dtype}")
+    inp = _prepare(logits, labels, axis, None, None, where, fn)
+    return _ce_per_example(inp, _Config(0.0, 0.0)).astype(logits.dtype)

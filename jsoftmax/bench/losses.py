@@ -1,0 +1,70 @@
+"""Benchmark suite: ``jsoftmax.cross_entropy`` against optax's integer-label cross-entropy.
+
+Times ``jit(grad(mean loss))`` (and ``jit(value_and_grad(mean loss))``) with respect to the
+logits, interleaved with ``optax.softmax_cross_entropy_with_integer_labels(...).mean()`` in the
+same process, and reports compiled temp memory of both.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import jsoftmax
+from jsoftmax.bench._timing import compare
+
+SHAPES = [(4096, 1024), (256, 32768), (1024, 32000)]
+QUICK_SHAPES = [(64, 128), (8, 1024)]
+
+
+def _ours(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return jsoftmax.cross_entropy(logits, labels)
+
+
+def _optax(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+OPS = {
+    "grad(mean loss)": jax.grad,
+    "value_and_grad(mean loss)": jax.value_and_grad,
+}
+
+
+def run(quick: bool = False, dtype: str = "float32", reps: int = 30) -> list[dict]:
+    """One row per (operation, shape): median ms of each side, their ratio and temp bytes."""
+    rows = []
+    for shape in QUICK_SHAPES if quick else SHAPES:
+        k1, k2 = jax.random.split(jax.random.key(0))
+        logits = jax.random.normal(k1, shape, jnp.float32).astype(dtype)
+        labels = jax.random.randint(k2, shape[:-1], 0, shape[-1])
+        for op, transform in OPS.items():
+            res = compare(
+                {"jsoftmax": transform(_ours), "optax": transform(_optax)},
+                (logits, labels),
+                reps=reps,
+            )
+            ours, base = res["jsoftmax"], res["optax"]
+            rows.append(
+                {
+                    "suite": "cross_entropy",
+                    "op": op,
+                    "shape": list(shape),
+                    "dtype": dtype,
+                    "jsoftmax_ms": ours.median_s * 1e3,
+                    "baseline": "optax",
+                    "baseline_ms": base.median_s * 1e3,
+                    "ratio": ours.median_s / base.median_s,
+                    "jsoftmax_temp_bytes": ours.temp_bytes,
+                    "baseline_temp_bytes": base.temp_bytes,
+                    "compile_s": {"jsoftmax": ours.compile_s, "baseline": base.compile_s},
+                    "reps": reps,
+                }
+            )
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(row)
