@@ -565,8 +565,8 @@ def plot_history(history: list[dict[str, Any]], path: str, *, title: str = "") -
 
 
 def train_and_evaluate(
-    config: Config, *, devices: Sequence[jax.Device] | None = None
-) -> dict[str, Any]:
+    config: Config, *, devices: Sequence[jax.Device] | None = None, return_state: bool = False
+) -> dict[str, Any] | tuple[dict[str, Any], TrainState]:
     """Train the MLP of ``config`` and evaluate it; return (and write) the metrics.
 
     With ``config.output_dir`` set, writes ``metrics.json`` (updated every epoch),
@@ -576,14 +576,17 @@ def train_and_evaluate(
     Args:
       config: the run's settings.
       devices: the devices to shard each batch over (default: all of them, on every host).
+      return_state: also return the final :class:`TrainState` (parameters and optimizer
+        state), e.g. to predict with ``mlp_apply(state.params, x)``.
 
     Returns:
       ``{"config", "dataset", "devices", "history": [per-epoch train/val loss and accuracy],
       "test": {"loss", "accuracy"}, "timing": {...}, "jax_version"}``. Every loss is the
       training objective (cross-entropy with the config's label smoothing), so the curves
       compare like with like; the training figures are averages over the epoch's steps.
+      With ``return_state=True``, the pair ``(metrics, state)``.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the terminal bar: tqdm.auto warns inside notebooks without widgets
 
     t_start = time.perf_counter()
     ds = _data.load_dataset(
@@ -701,4 +704,4 @@ def train_and_evaluate(
                 os.path.join(out_dir, "metrics.png"),
                 title=f"{ds.name}: test accuracy {test['accuracy']:.4f}",
             )
-    return metrics
+    return (metrics, state) if return_state else metrics

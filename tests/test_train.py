@@ -509,10 +509,17 @@ def test_run_writes_metrics_plot_and_checkpoints(two_epochs):
 
 
 def test_same_seed_same_metrics(two_epochs, tmp_path):
-    _, first = two_epochs
-    second = train_and_evaluate(small_config(tmp_path, plot=False))
+    out, first = two_epochs
+    second, state = train_and_evaluate(small_config(tmp_path, plot=False), return_state=True)
     assert second["history"] == first["history"]  # exact, not approximate
     assert second["test"] == first["test"]
+    # the returned state is the final one: bitwise the first run's last checkpoint
+    tx = make_optimizer(small_config(tmp_path), steps_per_epoch=20)
+    saved, _ = load_checkpoint(
+        out / "checkpoints" / "epoch_0002.npz", state_of(0, (64, 16, 10), tx)
+    )
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(saved.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_resume_ends_at_bitwise_the_same_parameters(two_epochs, tmp_path):
