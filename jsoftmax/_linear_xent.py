@@ -1,0 +1,602 @@
+"""Chunked linear + cross-entropy: the loss of ``x @ w + bias`` without materialising the logits.
+
+A language-model head maps ``N`` token features ``x [N, D]`` through ``w [D, V]`` to ``N·V``
+logits, which for a large vocabulary dwarf everything else in the step. Here the logits are
+only ever formed one ``[tn, tv]`` block at a time:
+
+* the forward pass walks the blocks with an *online* logsumexp (a running maximum and a sum of
+  exponentials rescaled whenever the maximum grows) and keeps per-token statistics only;
+* the ``custom_vjp`` saves ``x``, ``w``, ``bias``, ``labels`` and the per-token logsumexp, and
+  the backward pass recomputes each block's logits to accumulate ``dx``, ``dw`` and ``dbias``.
+
+Every block has the same static shape. The last block along an axis that the block size does
+not divide is *shifted back* so that it ends at the edge (``lax.dynamic_slice`` clamps its start
+index), and the rows or columns it shares with the previous block are masked out. Nothing is
+padded, so no copy of ``w`` is made.
+
+The backward pass is itself ordinary differentiable JAX, so grad-of-grad works, and the same
+kernel, given a mesh axis name, is the per-shard body of
+:func:`jsoftmax.vocab_parallel_linear_cross_entropy` (see ``_sharded.py``): the per-token
+statistics are then combined across vocabulary shards with ``lax.pmax``/``lax.psum``.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.typing import ArrayLike
+
+from jsoftmax._checks import as_float_array, compute_dtype
+
+__all__ = ["linear_cross_entropy"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+# Automatic block size: at most 2**21 logits (8 MiB in float32) per block, vocabulary chunks of
+# up to 2048 columns. Large enough that each block's matmul runs at full speed, small enough that
+# the few block-sized temporaries of the backward pass stay far below the N·V of the logits (and
+# mostly in cache: on CPU, [1024, 2048] blocks were faster than [2048, 2048] ones).
+_AUTO_BLOCK_ELEMENTS = 1 << 21
+_AUTO_VOCAB_CHUNK = 2048
+
+
+class _Options(NamedTuple):
+    """Static (hashable) options of the chunked kernel; a ``nondiff_argnums`` argument."""
+
+    token_chunk: int
+    vocab_chunk: int
+    num_classes: int  # V over all shards: the label range and the smoothing denominator
+    ignore_index: int | None
+    label_smoothing: float
+    z_loss: float
+    softcap: float | None
+    reduction: str
+    axis_name: str | None  # mesh axis the vocabulary is sharded over (inside shard_map), or None
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------
+
+
+def _auto_chunks(n: int, v: int) -> tuple[int, int]:
+    """The automatic ``(token_chunk, vocab_chunk)`` for ``n`` tokens and ``v`` classes."""
+    tv = max(1, min(v, _AUTO_VOCAB_CHUNK))
+    tn = max(1, min(n, _AUTO_BLOCK_ELEMENTS // tv))
+    return tn, tv
+
+
+def _check_chunk_size(chunk_size, n: int, v: int, fn: str) -> tuple[int, int]:
+    """Resolve ``chunk_size`` (None, an int for the vocabulary, or a (tokens, vocab) pair)."""
+    if chunk_size is None:
+        return _auto_chunks(n, v)
+    pair = (None, chunk_size) if isinstance(chunk_size, (int, np.integer)) else chunk_size
+    ok = isinstance(pair, tuple) and len(pair) == 2
+    ok = ok and all(
+        c is None or (isinstance(c, (int, np.integer)) and not isinstance(c, bool)) for c in pair
+    )
+    if not ok or isinstance(chunk_size, bool):
+        raise TypeError(
+            f"{fn}: chunk_size must be None, a positive int (vocabulary chunk) or a pair "
+            f"(token_chunk, vocab_chunk) of positive ints or None; got {chunk_size!r}"
+        )
+    if any(c is not None and c <= 0 for c in pair):
+        raise ValueError(f"{fn}: chunk_size must be positive; got {chunk_size!r}")
+    tv = _auto_chunks(n, v)[1] if pair[1] is None else min(int(pair[1]), max(v, 1))
+    tn = max(1, min(n, _AUTO_BLOCK_ELEMENTS // tv)) if pair[0] is None else int(pair[0])
+    return max(1, min(tn, max(n, 1))), tv
+
+
+def _check_number(value, name: str, fn: str, *, low: float, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: {name} must be a Python float; got {value!r}")
+    value = float(value)
+    if not low <= value <= high:
+        bounds = f"in [{low}, {high}]" if math.isfinite(high) else f">= {low}"
+        raise ValueError(f"{fn}: {name} must be {bounds}; got {value}")
+    return value
+
+
+def check_options(
+    *,
+    fn: str,
+    ignore_index,
+    label_smoothing,
+    z_loss,
+    softcap,
+    reduction,
+) -> tuple[int | None, float, float, float | None, str]:
+    """Validate the loss options shared by the chunked and the sharded losses."""
+    if ignore_index is not None and (
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer))
+    ):
+        raise TypeError(f"{fn}: ignore_index must be an int or None; got {ignore_index!r}")
+    eps = _check_number(label_smoothing, "label_smoothing", fn, low=0.0, high=1.0)
+    zl = _check_number(z_loss, "z_loss", fn, low=0.0)
+    if softcap is not None:
+        if isinstance(softcap, bool) or not isinstance(
+            softcap, (int, float, np.integer, np.floating)
+        ):
+            raise TypeError(f"{fn}: softcap must be a positive float or None; got {softcap!r}")
+        if not (float(softcap) > 0 and math.isfinite(float(softcap))):
+            raise ValueError(
+                f"{fn}: softcap must be a positive finite float or None; got {softcap}"
+            )
+        softcap = float(softcap)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{fn}: reduction must be one of {_REDUCTIONS}; got {reduction!r}")
+    return (None if ignore_index is None else int(ignore_index)), eps, zl, softcap, reduction
+
+
+def check_labels(labels: ArrayLike, shape: tuple[int, ...], what: str, fn: str) -> jax.Array:
+    """Integer labels of exactly ``shape`` (the token shape of ``what``)."""
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"{fn}: labels must be integer class indices; got dtype {labels.dtype}")
+    if labels.shape != tuple(shape):
+        raise ValueError(
+            f"{fn}: labels must have shape {tuple(shape)} to match {what}; got {labels.shape}"
+        )
+    return labels
+
+
+def check_label_range(labels: jax.Array, num_classes: int, ignore_index, fn: str) -> None:
+    """Raise for out-of-range labels when they are concrete; under ``jit`` they give NaN."""
+    if isinstance(labels, jax.core.Tracer):
+        return
+    y = np.asarray(labels)
+    bad = (y < 0) | (y >= num_classes)
+    if ignore_index is not None:
+        bad &= y != ignore_index
+    if bad.any():
+        raise ValueError(
+            f"{fn}: labels must lie in [0, {num_classes}) (or equal ignore_index="
+            f"{ignore_index}); got {y[bad].ravel()[:5].tolist()} at {int(bad.sum())} position(s)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# public function
+# --------------------------------------------------------------------------------------------
+
+
+def linear_cross_entropy(
+    x: ArrayLike,
+    w: ArrayLike,
+    labels: ArrayLike,
+    *,
+    bias: ArrayLike | None = None,
+    chunk_size: int | tuple[int | None, int | None] | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    reduction: str = "mean",
+) -> jax.Array:
+    r"""Cross-entropy of the logits ``x @ w + bias``, computed in chunks without forming them.
+
+    With logits :math:`s = x w + b`, optionally soft-capped to :math:`z = c \tanh(s / c)`
+    (else :math:`z = s`), :math:`\mathrm{lse}_n = \log \sum_{c} \exp z_{nc}` over the
+    :math:`V` classes, label smoothing :math:`\varepsilon` and z-loss weight :math:`\lambda`:
+
+    .. math::
+        \ell_n = \sum_c t_{nc}\,(\mathrm{lse}_n - z_{nc}) + \lambda\,\mathrm{lse}_n^2,
+        \qquad t_{nc} = (1 - \varepsilon)\,[c = y_n] + \varepsilon / V
+
+    so :math:`\ell_n = \mathrm{lse}_n - (1-\varepsilon) z_{n y_n}
+    - \tfrac{\varepsilon}{V}\sum_c z_{nc} + \lambda\,\mathrm{lse}_n^2`. Tokens whose label is
+    ``ignore_index`` have :math:`\ell_n = 0`; ``"mean"`` divides :math:`\sum_n \ell_n` by the
+    number of tokens that are not ignored (0 if there are none). This is exactly
+    ``jsoftmax.cross_entropy(x @ w + bias, labels, ...)`` with the same options.
+
+    The logits are formed one ``[token_chunk, vocab_chunk]`` block at a time: the forward pass
+    keeps a running maximum and a rescaled running sum of exponentials per token (an online
+    logsumexp); the ``custom_vjp`` saves only ``x``, ``w``, ``bias``, ``labels`` and the
+    per-token logsumexp; the backward pass recomputes each block's logits and accumulates
+
+    .. math::
+        \frac{\partial \ell_n}{\partial z_{nc}} = p_{nc}\,(1 + 2\lambda\,\mathrm{lse}_n)
+        - (1-\varepsilon)\,[c = y_n] - \varepsilon / V, \qquad p_{nc} = e^{z_{nc} - \mathrm{lse}_n}
+
+    (times :math:`1 - (z_{nc}/c)^2` under soft-capping) into :math:`\bar x = \bar s\, w^\top`,
+    :math:`\bar w = x^\top \bar s` and :math:`\bar b = \sum_n \bar s_n`.
+    Peak memory is a few blocks instead of :math:`N V`; the price is one extra matmul (the
+    logits are computed twice).
+
+    Args:
+      x: token features ``[..., D]`` (e.g. ``[N, D]`` or ``[batch, seq, D]``), floating point.
+      w: output projection ``[D, V]`` (features by classes; a tied embedding table ``[V, D]``
+        is passed as ``table.T``).
+      labels: integer class indices of ``x``'s leading shape ``[...]``.
+      bias: optional ``[V]`` bias added to the logits.
+      chunk_size: ``None`` (automatic), an int (the vocabulary chunk; tokens automatic) or a pair
+        ``(token_chunk, vocab_chunk)`` whose entries may be ``None``. Chunks larger than the
+        axis are clipped to it. Automatic rule: ``vocab_chunk = min(V, 2048)`` and
+        ``token_chunk = min(N, 2**21 // vocab_chunk)``, i.e. blocks of at most 2M logits
+        (8 MiB in float32).
+      ignore_index: a label value whose tokens contribute 0 and are left out of the mean.
+      label_smoothing: :math:`\varepsilon \in [0, 1]`.
+      z_loss: :math:`\lambda \ge 0`, weight of the :math:`\mathrm{lse}^2` penalty.
+      softcap: :math:`c > 0` for logit soft-capping :math:`c \tanh(s/c)` (as in Gemma 2),
+        applied before the loss in value and gradient; ``None`` for no capping.
+      reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Returns:
+      A scalar for ``"mean"``/``"sum"``; the per-token losses of ``labels``' shape for
+      ``"none"``. float32 for float16/bfloat16/float32 inputs, float64 for float64 (as
+      :func:`jsoftmax.cross_entropy`); the gradients have the inputs' dtypes.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jsoftmax
+      >>> kx, kw = jax.random.split(jax.random.key(0))
+      >>> x = jax.random.normal(kx, (6, 4))
+      >>> w = jax.random.normal(kw, (4, 10))
+      >>> labels = jnp.array([0, 3, 9, 2, 2, 7])
+      >>> loss = jsoftmax.linear_cross_entropy(x, w, labels, chunk_size=(4, 3))
+      >>> naive = -jnp.mean(jax.nn.log_softmax(x @ w)[jnp.arange(6), labels])
+      >>> print(jnp.allclose(loss, naive, rtol=1e-5))
+      True
+      >>> dx, dw = jax.grad(jsoftmax.linear_cross_entropy, argnums=(0, 1))(x, w, labels)
+      >>> print(dx.shape, dw.shape)
+      (6, 4) (4, 10)
+
+    Notes:
+      * Non-finite values in ``x``, ``w`` or ``bias`` (``inf`` or ``NaN``) make the affected
+        tokens' losses ``NaN`` (a ``+inf`` logit has no finite logsumexp); other tokens are
+        unaffected under ``reduction="none"``.
+      * Out-of-range labels (not in ``[0, V)`` and not ``ignore_index``) raise ``ValueError``
+        when ``labels`` is concrete; under ``jit`` they give a ``NaN`` loss for that token (and
+        ``NaN`` gradients), never a finite wrong number.
+      * Reverse mode to any order (``grad``, grad-of-grad) and forward-over-reverse (Hessian
+        products) work; forward mode applied directly (``jax.jvp``, ``jax.jacfwd``) does not,
+        as for every ``jax.custom_vjp``.
+      * float16/bfloat16 ``x``/``w`` run their matmuls with float32 accumulation
+        (``preferred_element_type``) and every other step in float32.
+
+    See also:
+      :func:`jsoftmax.cross_entropy`, :func:`jsoftmax.vocab_parallel_linear_cross_entropy`.
+    """
+    fn = "linear_cross_entropy"
+    token_shape = jnp.shape(x)[:-1]
+    x, w, bias, labels, opts = prepare(
+        x,
+        w,
+        labels,
+        bias=bias,
+        chunk_size=chunk_size,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        reduction=reduction,
+        fn=fn,
+        num_shards=1,
+        axis_name=None,
+    )
+    check_label_range(labels, opts.num_classes, opts.ignore_index, fn)
+    return chunked_loss(x, w, bias, labels, opts, token_shape)
+
+
+def prepare(
+    x,
+    w,
+    labels,
+    *,
+    bias,
+    chunk_size,
+    ignore_index,
+    label_smoothing,
+    z_loss,
+    softcap,
+    reduction,
+    fn: str,
+    num_shards: int,
+    axis_name: str | None,
+):
+    """Validate and canonicalise the arguments; returns ``(x2d, w, bias, labels1d, options)``.
+
+    ``num_shards`` is how many vocabulary shards ``w`` is split into (1 on one device); chunk
+    sizes are chosen for one shard's ``[D, V / num_shards]``.
+    """
+    x = as_float_array(x, "x", fn)
+    w = as_float_array(w, "w", fn)
+    if x.ndim < 1:
+        raise ValueError(f"{fn}: x must have shape [..., D]; got a scalar")
+    if w.ndim != 2:
+        raise ValueError(f"{fn}: w must have shape [D, V]; got shape {w.shape}")
+    if x.shape[-1] != w.shape[0]:
+        raise ValueError(
+            f"{fn}: x [..., D] and w [D, V] must agree on D; got x {x.shape} and w {w.shape} "
+            "(pass a [V, D] embedding table as table.T)"
+        )
+    d, v = w.shape
+    if v == 0:
+        raise ValueError(f"{fn}: w must have at least one class (V >= 1); got shape {w.shape}")
+    arrays = [x, w]
+    if bias is not None:
+        bias = as_float_array(bias, "bias", fn)
+        if bias.shape != (v,):
+            raise ValueError(f"{fn}: bias must have shape [V] = ({v},); got {bias.shape}")
+        arrays.append(bias)
+    labels = check_labels(labels, x.shape[:-1], f"x {x.shape} (labels = x.shape[:-1])", fn)
+    ignore_index, eps, zl, softcap, reduction = check_options(
+        fn=fn,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        reduction=reduction,
+    )
+    dtype = jnp.result_type(*arrays)
+    # mixed dtypes promote as x @ w + bias would; equal dtypes (the usual case) copy nothing
+    x, w = x.astype(dtype), w.astype(dtype)
+    bias = None if bias is None else bias.astype(dtype)
+    n = math.prod(x.shape[:-1])
+    tn, tv = _check_chunk_size(chunk_size, n, v // num_shards, fn)
+    opts = _Options(tn, tv, v, ignore_index, eps, zl, softcap, reduction, axis_name)
+    return x.reshape(n, d), w, bias, labels.reshape(n), opts
+
+
+def chunked_loss(x, w, bias, labels, opts: _Options, token_shape: tuple[int, ...]):
+    """The loss of 2-D ``x [N, D]`` and 1-D ``labels [N]``; ``"none"`` gets ``token_shape``."""
+    out = _lce(x, w, bias, labels, opts)
+    return out.reshape(token_shape) if opts.reduction == "none" else out
+
+
+# --------------------------------------------------------------------------------------------
+# blocks
+# --------------------------------------------------------------------------------------------
+
+
+def _block_starts(k: jax.Array, nt: int, tn: int, tv: int, n: int, v: int):
+    """Block ``k`` of the flat loop (vocabulary outer, tokens inner): its clamped starts.
+
+    Returns ``(row0, col0, new_rows, new_cols, first_new_col)``: the slice starts, clamped so
+    that the block ends inside the array; masks of the rows/columns not already covered by an
+    earlier block (only a shifted-back last block overlaps its predecessor); and the index,
+    within the block, of its first new column.
+    """
+    i, j = k % nt, k // nt
+    row_nominal, col_nominal = i * tn, j * tv
+    row0 = jnp.minimum(row_nominal, n - tn)
+    col0 = jnp.minimum(col_nominal, v - tv)
+    new_rows = row0 + jnp.arange(tn) >= row_nominal
+    new_cols = col0 + jnp.arange(tv) >= col_nominal
+    return row0, col0, new_rows, new_cols, col_nominal - col0
+
+
+def _block_logits(x_blk, w_blk, b_blk, softcap, cdt):
+    """Logits ``z`` of one block in the compute dtype, and ``tanh(s/c)`` under soft-capping."""
+    # float32 accumulation even for bfloat16/float16 operands
+    s = lax.dot_general(x_blk, w_blk, (((1,), (0,)), ((), ())), preferred_element_type=cdt)
+    if b_blk is not None:
+        s = s + b_blk.astype(cdt)[None, :]
+    if softcap is None:
+        return s, None
+    t = jnp.tanh(s / softcap)
+    return softcap * t, t  # t is kept for the derivative c·tanh'(s/c)/c = 1 − t²
+
+
+def _vocab_offset(opts: _Options, v_local: int):
+    """Global index of this shard's first class (0 on one device)."""
+    if opts.axis_name is None:
+        return 0
+    return lax.axis_index(opts.axis_name) * v_local
+
+
+def _varying(tree, opts: _Options):
+    """Mark loop-carry initial values as varying over the vocabulary shards (inside shard_map).
+
+    The carries pick up shard-dependent values in the loop, and a loop's carry type, which
+    includes how it varies over mesh axes, must not change between iterations.
+    """
+    if opts.axis_name is None:
+        return tree
+    return lax.pcast(tree, opts.axis_name, to="varying")
+
+
+def _token_stats(x, w, bias, labels, opts: _Options):
+    """Per-token ``(lse, z_target, z_sum)`` over all classes (all shards), by blocks.
+
+    ``z_sum`` is only computed (else 0) when label smoothing needs it.
+    """
+    n, v_loc = x.shape[0], w.shape[1]
+    cdt = compute_dtype(x.dtype)
+    tn, tv = opts.token_chunk, min(opts.vocab_chunk, v_loc)
+    nt, nv = -(-n // tn), -(-v_loc // tv)
+    y_local = labels - _vocab_offset(opts, v_loc)  # this shard's column of each label
+    smooth = opts.label_smoothing > 0
+    lowest = jnp.finfo(cdt).min
+
+    def body(k, carry):
+        m, s, zy, zs = carry
+        row0, col0, new_rows, new_cols, first_new = _block_starts(k, nt, tn, tv, n, v_loc)
+        x_blk = lax.dynamic_slice_in_dim(x, row0, tn, 0)
+        w_blk = lax.dynamic_slice_in_dim(w, col0, tv, 1)
+        b_blk = None if bias is None else lax.dynamic_slice_in_dim(bias, col0, tv, 0)
+        z, _ = _block_logits(x_blk, w_blk, b_blk, opts.softcap, cdt)
+        # columns already seen by the previous block take part as -inf: exp gives exactly 0
+        zm = jnp.where(new_cols[None, :], z, -jnp.inf)
+        m_old = lax.dynamic_slice_in_dim(m, row0, tn)
+        s_old = lax.dynamic_slice_in_dim(s, row0, tn)
+        # online logsumexp: raise the running max, rescale the old sum to it, add the new terms.
+        # The max carries no gradient: lse = m + log Σ exp(z − m) is exact for any constant m.
+        m_new = lax.stop_gradient(jnp.maximum(m_old, jnp.max(zm, axis=1)))
+        s_new = s_old * jnp.exp(m_old - m_new) + jnp.sum(jnp.exp(zm - m_new[:, None]), axis=1)
+        # the target logit, if this block holds the label's (new) column
+        yc = y_local[row0 + jnp.arange(tn)] - col0
+        hit = (yc >= first_new) & (yc < tv)
+        z_t = jnp.take_along_axis(z, jnp.clip(yc, 0, tv - 1)[:, None], axis=1)[:, 0]
+        zy_blk = jnp.where(hit, z_t, 0)
+        zs_blk = jnp.sum(jnp.where(new_cols[None, :], z, 0), axis=1) if smooth else 0
+        # rows already seen by the previous token block keep their statistics
+        upd = lambda a, new: lax.dynamic_update_slice_in_dim(  # noqa: E731
+            a, jnp.where(new_rows, new, lax.dynamic_slice_in_dim(a, row0, tn)), row0, 0
+        )
+        m = upd(m, m_new)
+        s = upd(s, s_new)
+        zy = upd(zy, lax.dynamic_slice_in_dim(zy, row0, tn) + zy_blk)
+        zs = upd(zs, lax.dynamic_slice_in_dim(zs, row0, tn) + zs_blk) if smooth else zs
+        return m, s, zy, zs
+
+    # the running max starts at the lowest finite value, so exp(m_old − m_new) is 0, not NaN
+    init = (jnp.full((n,), lowest, cdt), jnp.zeros((n,), cdt), jnp.zeros((n,), cdt))
+    init = (*init, jnp.zeros((n,), cdt))
+    m, s, zy, zs = lax.fori_loop(0, nt * nv, body, _varying(init, opts))
+    if opts.axis_name is not None:
+        # combine the shards: the global max, the sums rescaled to it, the target logit (held
+        # by exactly one shard, 0 elsewhere) and the smoothing sum
+        m_all = lax.pmax(lax.stop_gradient(m), opts.axis_name)
+        s = lax.psum(s * jnp.exp(m - m_all), opts.axis_name)
+        m = m_all
+        zy = lax.psum(zy, opts.axis_name)
+        zs = lax.psum(zs, opts.axis_name) if smooth else zs
+    # adding the max back after the log keeps lse exact for huge logits
+    lse = m + jnp.log(s)
+    return lse, zy, zs
+
+
+def _token_weights(labels, opts: _Options, cdt):
+    """``(valid, in_range, count)``: tokens not ignored, labels in range, and the mean divisor."""
+    valid = (
+        jnp.ones(labels.shape, bool) if opts.ignore_index is None else labels != opts.ignore_index
+    )
+    in_range = (labels >= 0) & (labels < opts.num_classes)
+    # an all-ignored batch divides 0 by 1: loss 0, gradient 0
+    count = jnp.maximum(jnp.sum(valid, dtype=cdt), 1)
+    return valid, in_range, count
+
+
+def token_losses(lse, zy, zs, labels, opts: _Options):
+    """Per-token loss from the statistics; 0 for ignored tokens, NaN for bad labels."""
+    eps, v = opts.label_smoothing, opts.num_classes
+    loss = lse - (1 - eps) * zy
+    if eps > 0:
+        loss = loss - (eps / v) * zs
+    if opts.z_loss > 0:
+        loss = loss + opts.z_loss * lse**2
+    valid, in_range, count = _token_weights(labels, opts, lse.dtype)
+    # an out-of-range label cannot raise under jit: its loss is NaN, never a finite wrong number
+    loss = jnp.where(in_range, loss, jnp.nan)
+    return jnp.where(valid, loss, 0), count
+
+
+def reduce_losses(loss, count, reduction: str):
+    if reduction == "sum":
+        return jnp.sum(loss)
+    if reduction == "mean":
+        return jnp.sum(loss) / count
+    return loss
+
+
+def _loss_value(x, w, bias, labels, opts: _Options):
+    out_dtype = compute_dtype(x.dtype)  # float32 for half-precision inputs, as cross_entropy
+    if x.shape[0] == 0:  # no tokens: nothing to chunk
+        loss = jnp.zeros((0,), compute_dtype(out_dtype))
+        return reduce_losses(loss, 1, opts.reduction).astype(out_dtype), loss
+    lse, zy, zs = _token_stats(x, w, bias, labels, opts)
+    loss, count = token_losses(lse, zy, zs, labels, opts)
+    return reduce_losses(loss, count, opts.reduction).astype(out_dtype), lse
+
+
+# --------------------------------------------------------------------------------------------
+# custom_vjp
+# --------------------------------------------------------------------------------------------
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _lce(x, w, bias, labels, opts):
+    return _loss_value(x, w, bias, labels, opts)[0]
+
+
+def _lce_fwd(x, w, bias, labels, opts):
+    out, lse = _loss_value(x, w, bias, labels, opts)
+    # residuals: the inputs and one float per token; the logits are recomputed in the backward
+    return out, (x, w, bias, labels, lse)
+
+
+def _lce_bwd(opts: _Options, res, g):
+    # With G_n the cotangent of ℓ_n (g, g / count or g_n by reduction; 0 if ignored, NaN for
+    # an out-of-range label), p = exp(z − lse), and per block:
+    #   z̄ = G ⊙ [p (1 + 2λ lse) − (1 − ε)·onehot(y) − ε/V] ⊙ (1 − t²)   (t² only with softcap)
+    #   x̄ += z̄ wᵀ,   w̄ += xᵀ z̄,   b̄ += Σ_n z̄_n
+    # and, with the vocabulary sharded, x̄ is summed over the shards.
+    x, w, bias, labels, lse = res
+    n, d = x.shape
+    v_loc = w.shape[1]
+    cdt = compute_dtype(x.dtype)
+    if n == 0:
+        zero_b = None if bias is None else jnp.zeros_like(bias)
+        return jnp.zeros_like(x), jnp.zeros_like(w), zero_b, None
+    valid, in_range, count = _token_weights(labels, opts, cdt)
+    g = g.astype(cdt)
+    if opts.reduction == "mean":
+        g = g / count
+    gn = jnp.where(valid, jnp.broadcast_to(g, (n,)), 0)
+    gn = jnp.where(in_range | ~valid, gn, jnp.nan)  # bad labels: NaN gradients, like the loss
+    eps, v = opts.label_smoothing, opts.num_classes
+    a = gn * (1 + 2 * opts.z_loss * lse) if opts.z_loss > 0 else gn  # weight of p per token
+    tn, tv = opts.token_chunk, min(opts.vocab_chunk, v_loc)
+    nt, nv = -(-n // tn), -(-v_loc // tv)
+    y_local = labels - _vocab_offset(opts, v_loc)
+    mm_dtype = x.dtype  # the backward matmuls take the operands' dtype, accumulate in cdt
+
+    def body(k, carry):
+        dx, dw, db = carry
+        row0, col0, new_rows, new_cols, _ = _block_starts(k, nt, tn, tv, n, v_loc)
+        rows = row0 + jnp.arange(tn)
+        x_blk = lax.dynamic_slice_in_dim(x, row0, tn, 0)
+        w_blk = lax.dynamic_slice_in_dim(w, col0, tv, 1)
+        b_blk = None if bias is None else lax.dynamic_slice_in_dim(bias, col0, tv, 0)
+        z, t = _block_logits(x_blk, w_blk, b_blk, opts.softcap, cdt)
+        # rows already handled by the previous token block contribute nothing again
+        a_blk = jnp.where(new_rows, a[rows], 0)
+        g_blk = jnp.where(new_rows, gn[rows], 0)
+        # the softmax recomputed from the saved logsumexp (no max or sum needed again)
+        p = jnp.exp(z - lse[rows][:, None])
+        dz = a_blk[:, None] * p
+        if eps > 0:
+            dz = dz - g_blk[:, None] * (eps / v)
+        # the one-hot term: −(1 − ε) G_n at the label's column, if it lies in this block
+        onehot = (col0 + jnp.arange(tv))[None, :] == y_local[rows][:, None]
+        dz = dz - jnp.where(onehot, g_blk[:, None] * (1 - eps), 0)
+        if t is not None:
+            dz = dz * (1 - t * t)  # d/ds [c tanh(s/c)] = 1 − tanh²(s/c)
+        # columns already handled by the previous vocabulary block contribute nothing again
+        dz = jnp.where(new_cols[None, :], dz, 0)
+        dzm = dz.astype(mm_dtype)
+        dx_blk = lax.dot_general(dzm, w_blk, (((1,), (1,)), ((), ())), preferred_element_type=cdt)
+        dw_blk = lax.dot_general(x_blk, dzm, (((0,), (0,)), ((), ())), preferred_element_type=cdt)
+        dx = lax.dynamic_update_slice_in_dim(
+            dx, lax.dynamic_slice_in_dim(dx, row0, tn, 0) + dx_blk, row0, 0
+        )
+        dw = lax.dynamic_update_slice_in_dim(
+            dw, lax.dynamic_slice_in_dim(dw, col0, tv, 1) + dw_blk, col0, 1
+        )
+        if db is not None:
+            db_blk = jnp.sum(dz, axis=0)
+            db = lax.dynamic_update_slice_in_dim(
+                db, lax.dynamic_slice_in_dim(db, col0, tv, 0) + db_blk, col0, 0
+            )
+        return dx, dw, db
+
+    init = (
+        jnp.zeros((n, d), cdt),
+        jnp.zeros(w.shape, cdt),
+        None if bias is None else jnp.zeros(bias.shape, cdt),
+    )
+    dx, dw, db = lax.fori_loop(0, nt * nv, body, _varying(init, opts))
+    if opts.axis_name is not None:
+        dx = lax.psum(dx, opts.axis_name)  # each shard holds its classes' share of x̄
+    db = None if db is None else db.astype(bias.dtype)
+    return dx.astype(x.dtype), dw.astype(w.dtype), db, None
+
+
+_lce.defvjp(_lce_fwd, _lce_bwd)
