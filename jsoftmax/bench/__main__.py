@@ -53,16 +53,33 @@ def _fmt_bytes(n) -> str:
     return "" if n is None else f"{n / 2**20:.1f} MiB"
 
 
+def _ms(value) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
 def _fmt(row: dict) -> tuple[str, ...]:
-    shape = "×".join(str(s) for s in row.get("shape", []))
+    shape = row.get("shape", [])
+    shape = shape if isinstance(shape, str) else "×".join(str(s) for s in shape)
+    if "ratio" in row and row["ratio"] is None:  # a memory-only row
+        return (
+            row["suite"],
+            row["op"],
+            shape,
+            row["dtype"],
+            "",
+            f"({row['baseline']})",
+            f"temp {row['jsoftmax_temp_bytes'] / row['baseline_temp_bytes']:.4f} of baseline",
+            _fmt_bytes(row.get("jsoftmax_temp_bytes")),
+            _fmt_bytes(row.get("baseline_temp_bytes")),
+        )
     if "ratio" in row:
         return (
             row["suite"],
             row["op"],
             shape,
             row["dtype"],
-            f"{row['jsoftmax_ms']:.3f}",
-            f"{row['baseline_ms']:.3f} ({row['baseline']})",
+            _ms(row["jsoftmax_ms"]),
+            f"{_ms(row['baseline_ms'])} ({row['baseline']})",
             f"{row['ratio']:.2f}",
             _fmt_bytes(row.get("jsoftmax_temp_bytes")),
             _fmt_bytes(row.get("baseline_temp_bytes")),
@@ -119,10 +136,10 @@ def chart(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ratio_rows = [r for r in rows if "ratio" in r]
+    ratio_rows = [r for r in rows if r.get("ratio") is not None]
     if not ratio_rows:
         return
-    labels = [f"{r['op']}\n{'×'.join(map(str, r['shape']))}" for r in ratio_rows]
+    labels = [f"{r['op']}\n{_fmt(r)[2]}" for r in ratio_rows]
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(labels) + 1.5))
     colors = ["tab:green" if r["ratio"] <= 1.0 else "tab:red" for r in ratio_rows]
     ax.barh(range(len(labels)), [r["ratio"] for r in ratio_rows], color=colors)

@@ -7,8 +7,8 @@ Three parts, all for ``jax.value_and_grad`` of the mean loss with respect to ``x
    interleaved in one process with :func:`jsoftmax.bench._timing.compare`;
 2. temp memory against the vocabulary size ``V`` for both (compiled only, never run, so the
    large naive programs cost no memory);
-3. where PyTorch is available (in this interpreter, in ``$JSOFTMAX_TORCH_PYTHON`` or in
-   ``/work/torchenv``), ``torch.nn.functional.linear_cross_entropy`` forward + backward with
+3. where PyTorch is available (in this interpreter, or in the Python named by
+   ``$JSOFTMAX_TORCH_PYTHON``), ``torch.nn.functional.linear_cross_entropy`` forward + backward with
    its chunked path (``options=LinearCrossEntropyOptions()``), in a subprocess on the same
    inputs' shapes, reported against the jsoftmax time from part 1.
 
@@ -162,10 +162,8 @@ _TORCH_SCRIPT = textwrap.dedent(
 def _torch_python() -> str | None:
     if importlib.util.find_spec("torch") is not None:
         return sys.executable
-    for cand in (os.environ.get("JSOFTMAX_TORCH_PYTHON"), "/work/torchenv/bin/python"):
-        if cand and os.path.exists(cand):
-            return cand
-    return None
+    cand = os.environ.get("JSOFTMAX_TORCH_PYTHON")
+    return cand if cand and os.path.exists(cand) else None
 
 
 def _torch_row(cfg, jsoftmax_s: float) -> dict | None:
