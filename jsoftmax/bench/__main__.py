@@ -139,8 +139,11 @@ def chart(rows: list[dict], path: Path) -> None:
     ratio_rows = [r for r in rows if r.get("ratio") is not None]
     if not ratio_rows:
         return
-    labels = [f"{r['op']}\n{_fmt(r)[2]}" for r in ratio_rows]
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(labels) + 1.5))
+    labels = [
+        f"{r['suite']}: {r['op']}\n{_fmt(r)[2]} vs {r['baseline'].split(' (')[0]}"
+        for r in ratio_rows
+    ]
+    fig, ax = plt.subplots(figsize=(11, 0.4 * len(labels) + 1.5))
     colors = ["tab:green" if r["ratio"] <= 1.0 else "tab:red" for r in ratio_rows]
     ax.barh(range(len(labels)), [r["ratio"] for r in ratio_rows], color=colors)
     ax.axvline(1.0, color="black", lw=1)
