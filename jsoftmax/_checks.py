@@ -86,3 +86,26 @@ def as_mask(where: ArrayLike | None, shape: tuple[int, ...], fn: str) -> jax.Arr
     # add leading unit axes but keep size-1 axes unbroadcast: a [batch, 1] or [1, n] mask stays
     # small (it may be saved for the backward pass) and jnp.where broadcasts it in the kernel
     return jnp.reshape(where, (1,) * (len(shape) - where.ndim) + where.shape)
+
+
+def check_labels_in_range(labels, n_classes: int, ignore_index: int | None, fn: str) -> None:
+    """Raise ``ValueError`` naming the first out-of-range label when ``labels`` is concrete.
+
+    Under ``jit`` the labels are tracers and this check is skipped; the kernels then make the
+    loss of such an example NaN instead.
+    """
+    if isinstance(labels, jax.core.Tracer):
+        return
+    host = np.asarray(labels)
+    bad = (host < 0) | (host >= n_classes)
+    if ignore_index is not None:
+        bad &= host != ignore_index
+    if bad.any():
+        pos = tuple(int(i) for i in np.argwhere(bad)[0])
+        allowed = f"[0, {n_classes})"
+        if ignore_index is not None:
+            allowed += f" or ignore_index={ignore_index}"
+        raise ValueError(
+            f"{fn}: labels must be class indices in {allowed}; got {host[pos]} at position "
+            f"{pos} of labels with shape {host.shape}"
+        )

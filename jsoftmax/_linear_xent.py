@@ -32,7 +32,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jsoftmax._checks import as_float_array, compute_dtype
+from jsoftmax._checks import as_float_array, check_labels_in_range, compute_dtype
 
 __all__ = ["linear_cross_entropy"]
 
@@ -144,21 +144,6 @@ def check_labels(labels: ArrayLike, shape: tuple[int, ...], what: str, fn: str) 
             f"{fn}: labels must have shape {tuple(shape)} to match {what}; got {labels.shape}"
         )
     return labels
-
-
-def check_label_range(labels: jax.Array, num_classes: int, ignore_index, fn: str) -> None:
-    """Raise for out-of-range labels when they are concrete; under ``jit`` they give NaN."""
-    if isinstance(labels, jax.core.Tracer):
-        return
-    y = np.asarray(labels)
-    bad = (y < 0) | (y >= num_classes)
-    if ignore_index is not None:
-        bad &= y != ignore_index
-    if bad.any():
-        raise ValueError(
-            f"{fn}: labels must lie in [0, {num_classes}) (or equal ignore_index="
-            f"{ignore_index}); got {y[bad].ravel()[:5].tolist()} at {int(bad.sum())} position(s)"
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,7 +265,7 @@ def linear_cross_entropy(
         num_shards=1,
         axis_name=None,
     )
-    check_label_range(labels, opts.num_classes, opts.ignore_index, fn)
+    check_labels_in_range(labels, opts.num_classes, opts.ignore_index, fn)
     return chunked_loss(x, w, bias, labels, opts, token_shape)
 
 

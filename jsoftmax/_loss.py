@@ -30,7 +30,14 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jsoftmax._checks import Axis, as_float_array, as_mask, canonical_axes, compute_dtype
+from jsoftmax._checks import (
+    Axis,
+    as_float_array,
+    as_mask,
+    canonical_axes,
+    check_labels_in_range,
+    compute_dtype,
+)
 
 __all__ = [
     "cross_entropy",
@@ -87,29 +94,6 @@ def _check_reduction(reduction, fn: str) -> None:
         raise ValueError(f"{fn}: reduction must be one of {_REDUCTIONS}; got {reduction!r}")
 
 
-def _check_labels_in_range(labels, n_classes: int, ignore_index: int | None, fn: str) -> None:
-    """Raise ``ValueError`` naming the first out-of-range label when ``labels`` is concrete.
-
-    Under ``jit`` the labels are tracers and this check is skipped; the kernels then make the
-    loss of such an example NaN instead.
-    """
-    if isinstance(labels, jax.core.Tracer):
-        return
-    host = np.asarray(labels)
-    bad = (host < 0) | (host >= n_classes)
-    if ignore_index is not None:
-        bad &= host != ignore_index
-    if bad.any():
-        pos = tuple(int(i) for i in np.argwhere(bad)[0])
-        allowed = f"[0, {n_classes})"
-        if ignore_index is not None:
-            allowed += f" or ignore_index={ignore_index}"
-        raise ValueError(
-            f"{fn}: labels must be class indices in {allowed}; got {host[pos]} at position "
-            f"{pos} of labels with shape {host.shape}"
-        )
-
-
 class _Inputs(NamedTuple):
     """Validated inputs, class axes moved to the end and flattened."""
 
@@ -150,7 +134,7 @@ def _prepare(
                 f"{fn}: integer labels must have shape {batch_shape} (the {layout} without "
                 f"the class axes); got {labels.shape}"
             )
-        _check_labels_in_range(labels, n_classes, ignore_index, fn)
+        check_labels_in_range(labels, n_classes, ignore_index, fn)
     elif jnp.issubdtype(labels.dtype, jnp.floating):
         if labels.shape != logits.shape:
             raise ValueError(

@@ -28,10 +28,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
-from jsoftmax._checks import as_float_array, compute_dtype
+from jsoftmax._checks import as_float_array, check_labels_in_range, compute_dtype
 from jsoftmax._linear_xent import (
     _Options,
-    check_label_range,
     check_labels,
     check_options,
     chunked_loss,
@@ -158,7 +157,7 @@ def vocab_parallel_cross_entropy(
         reduction=reduction,
     )
     k = _check_mesh(mesh, axis_name, v, f"logits {logits.shape}", fn)
-    check_label_range(labels, v, ignore_index, fn)
+    check_labels_in_range(labels, v, ignore_index, fn)
     token_shape = labels.shape
     n = math.prod(token_shape)
     opts = _Options(max(n, 1), v // k, v, ignore_index, eps, zl, None, reduction, axis_name)
@@ -280,7 +279,7 @@ def vocab_parallel_linear_cross_entropy(
         axis_name=axis_name,
     )
     _check_mesh(mesh, axis_name, w.shape[1], f"w {w.shape}", fn)
-    check_label_range(labels, opts.num_classes, opts.ignore_index, fn)
+    check_labels_in_range(labels, opts.num_classes, opts.ignore_index, fn)
     if x.shape[0] == 0:  # nothing to shard: the local rule handles empty inputs
         return chunked_loss(x, w, bias, labels, opts._replace(axis_name=None), token_shape)
     if bias is None:

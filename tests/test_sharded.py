@@ -91,7 +91,7 @@ def test_logits_bad_input():
     mesh = jax.make_mesh((1,), ("vocab",))
     with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
         jsoftmax.vocab_parallel_cross_entropy(x @ w, y[:3], mesh=mesh, axis_name="vocab")
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 6\)"):
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 6\)"):
         jsoftmax.vocab_parallel_cross_entropy(x @ w, y.at[0].set(6), mesh=mesh, axis_name="vocab")
     with pytest.raises(TypeError, match="logits must have a floating-point dtype"):
         jsoftmax.vocab_parallel_cross_entropy(y[:, None], y, mesh=mesh, axis_name="vocab")
