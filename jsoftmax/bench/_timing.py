@@ -71,3 +71,23 @@ def compare(
         name: Measurement(name, float(np.median(times[name])), cs, temp, len(times[name]))
         for name, (_, cs, temp) in compiled.items()
     }
+
+
+def comparison_row(
+    suite: str, op: str, shape, dtype: str, ours: Measurement, base: Measurement, baseline: str
+) -> dict:
+    """The result row every suite reports for one jsoftmax-vs-baseline comparison."""
+    return {
+        "suite": suite,
+        "op": op,
+        "shape": shape,
+        "dtype": dtype,
+        "jsoftmax_ms": ours.median_s * 1e3,
+        "baseline": baseline,
+        "baseline_ms": base.median_s * 1e3,
+        "ratio": ours.median_s / base.median_s,
+        "jsoftmax_temp_bytes": ours.temp_bytes,
+        "baseline_temp_bytes": base.temp_bytes,
+        "compile_s": {"jsoftmax": ours.compile_s, "baseline": base.compile_s},
+        "reps": ours.reps,
+    }

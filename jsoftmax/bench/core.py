@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 import jsoftmax
-from jsoftmax.bench._timing import compare
+from jsoftmax.bench._timing import compare, comparison_row
 
 SHAPES = [(4096, 1024), (256, 32768), (32, 262144)]
 QUICK_SHAPES = [(64, 128), (8, 1024)]
@@ -31,22 +31,10 @@ def _vjp(fn):
     return f
 
 
-def _row(op, what, shape, dtype, res, reps):
-    ours, base = res["jsoftmax"], res["jax.nn"]
-    return {
-        "suite": "core",
-        "op": f"{op} {what}",
-        "shape": list(shape),
-        "dtype": dtype,
-        "jsoftmax_ms": ours.median_s * 1e3,
-        "baseline": "jax.nn",
-        "baseline_ms": base.median_s * 1e3,
-        "ratio": ours.median_s / base.median_s,
-        "jsoftmax_temp_bytes": ours.temp_bytes,
-        "baseline_temp_bytes": base.temp_bytes,
-        "compile_s": {"jsoftmax": ours.compile_s, "baseline": base.compile_s},
-        "reps": reps,
-    }
+def _row(op, what, shape, dtype, res):
+    return comparison_row(
+        "core", f"{op} {what}", list(shape), dtype, res["jsoftmax"], res["jax.nn"], "jax.nn"
+    )
 
 
 def run(quick: bool = False, dtype: str = "float32", reps: int = 30) -> list[dict]:
@@ -59,13 +47,13 @@ def run(quick: bool = False, dtype: str = "float32", reps: int = 30) -> list[dic
         w = jax.random.normal(k2, shape, jnp.float32).astype(dtype)
         for op, (ours, base) in OPS.items():
             res = compare({"jsoftmax": ours, "jax.nn": base}, (x,), reps=reps)
-            rows.append(_row(op, "forward", shape, dtype, res, reps))
+            rows.append(_row(op, "forward", shape, dtype, res))
             res = compare(
                 {"jsoftmax": _weighted_sum_grad(ours), "jax.nn": _weighted_sum_grad(base)},
                 (x, w),
                 reps=reps,
             )
-            rows.append(_row(op, "value_and_grad", shape, dtype, res, reps))
+            rows.append(_row(op, "value_and_grad", shape, dtype, res))
     return rows
 
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 import jsoftmax
-from jsoftmax.bench._timing import compare
+from jsoftmax.bench._timing import compare, comparison_row
 
 SHAPES = [(4096, 1024), (256, 32768), (1024, 32000)]
 QUICK_SHAPES = [(64, 128), (8, 1024)]
@@ -45,22 +45,10 @@ def run(quick: bool = False, dtype: str = "float32", reps: int = 30) -> list[dic
                 (logits, labels),
                 reps=reps,
             )
-            ours, base = res["jsoftmax"], res["optax"]
             rows.append(
-                {
-                    "suite": "cross_entropy",
-                    "op": op,
-                    "shape": list(shape),
-                    "dtype": dtype,
-                    "jsoftmax_ms": ours.median_s * 1e3,
-                    "baseline": "optax",
-                    "baseline_ms": base.median_s * 1e3,
-                    "ratio": ours.median_s / base.median_s,
-                    "jsoftmax_temp_bytes": ours.temp_bytes,
-                    "baseline_temp_bytes": base.temp_bytes,
-                    "compile_s": {"jsoftmax": ours.compile_s, "baseline": base.compile_s},
-                    "reps": reps,
-                }
+                comparison_row(
+                    "cross_entropy", op, list(shape), dtype, res["jsoftmax"], res["optax"], "optax"
+                )
             )
     return rows
 
