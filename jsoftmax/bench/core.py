@@ -140,4 +140,33 @@ def run_torch(quick: bool = False, reps: int = 30) -> list[dict]:
                         "torch_version": torch.__version__,
                     }
                 )
+    from jsoftmax.bench.losses import QUICK_SHAPES as CE_QUICK
+    from jsoftmax.bench.losses import SHAPES as CE_SHAPES
+
+    for shape in CE_QUICK if quick else CE_SHAPES:
+        logits = torch.randn(shape)
+        labels = torch.randint(0, shape[-1], shape[:-1])
+
+        def ce_step(logits=logits, labels=labels):
+            z = logits.detach().requires_grad_(True)
+            torch.nn.functional.cross_entropy(z, labels).backward()
+            return z.grad
+
+        for _ in range(3):
+            ce_step()
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            ce_step()
+            ts.append(time.perf_counter() - t0)
+        rows.append(
+            {
+                "suite": "torch",
+                "op": "cross_entropy grad(mean loss)",
+                "shape": list(shape),
+                "dtype": "float32",
+                "torch_ms": float(np.median(ts)) * 1e3,
+                "torch_version": torch.__version__,
+            }
+        )
     return rows
