@@ -96,15 +96,38 @@ def bandwidth(quick: bool = False, dtype: str = "float32", reps: int = 30) -> li
     return rows
 
 
+def _torch_row(op: str, shape, step, reps: int) -> dict:
+    """Median milliseconds of ``step()`` (eager PyTorch, synchronous on the CPU) after warm-up."""
+    import time
+
+    import numpy as np
+    import torch
+
+    for _ in range(3):
+        step()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        ts.append(time.perf_counter() - t0)
+    return {
+        "suite": "torch",
+        "op": op,
+        "shape": list(shape),
+        "dtype": "float32",
+        "torch_ms": float(np.median(ts)) * 1e3,
+        "torch_version": torch.__version__,
+    }
+
+
 def run_torch(quick: bool = False, reps: int = 30) -> list[dict]:
     """The same operations in PyTorch on the CPU, if it is installed (an optional column)."""
     try:
         import torch
     except ImportError:
         return []
-    import time
-
-    import numpy as np
+    from jsoftmax.bench.losses import QUICK_SHAPES as CE_QUICK
+    from jsoftmax.bench.losses import SHAPES as CE_SHAPES
 
     torch.manual_seed(0)
     rows = []
@@ -119,30 +142,10 @@ def run_torch(quick: bool = False, reps: int = 30) -> list[dict]:
                         with torch.no_grad():
                             return fn(x, -1)
                     xr = x.detach().requires_grad_(True)
-                    loss = (fn(xr, -1) * w).sum()
-                    loss.backward()
+                    (fn(xr, -1) * w).sum().backward()
                     return xr.grad
 
-                for _ in range(3):
-                    step()
-                ts = []
-                for _ in range(reps):
-                    t0 = time.perf_counter()
-                    step()
-                    ts.append(time.perf_counter() - t0)
-                rows.append(
-                    {
-                        "suite": "torch",
-                        "op": f"{op} {what}",
-                        "shape": list(shape),
-                        "dtype": "float32",
-                        "torch_ms": float(np.median(ts)) * 1e3,
-                        "torch_version": torch.__version__,
-                    }
-                )
-    from jsoftmax.bench.losses import QUICK_SHAPES as CE_QUICK
-    from jsoftmax.bench.losses import SHAPES as CE_SHAPES
-
+                rows.append(_torch_row(f"{op} {what}", shape, step, reps))
     for shape in CE_QUICK if quick else CE_SHAPES:
         logits = torch.randn(shape)
         labels = torch.randint(0, shape[-1], shape[:-1])
@@ -152,21 +155,5 @@ def run_torch(quick: bool = False, reps: int = 30) -> list[dict]:
             torch.nn.functional.cross_entropy(z, labels).backward()
             return z.grad
 
-        for _ in range(3):
-            ce_step()
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            ce_step()
-            ts.append(time.perf_counter() - t0)
-        rows.append(
-            {
-                "suite": "torch",
-                "op": "cross_entropy grad(mean loss)",
-                "shape": list(shape),
-                "dtype": "float32",
-                "torch_ms": float(np.median(ts)) * 1e3,
-                "torch_version": torch.__version__,
-            }
-        )
+        rows.append(_torch_row("cross_entropy grad(mean loss)", shape, ce_step, reps))
     return rows
