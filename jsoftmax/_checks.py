@@ -6,6 +6,7 @@ ordinary Python errors while a function is being traced, with the real values in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -21,7 +22,15 @@ _UPCAST = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 
 def as_float_array(x: ArrayLike, name: str, fn: str) -> jax.Array:
     """Return ``x`` as a floating-point ``jax.Array`` or raise a ``TypeError`` naming it."""
-    dtype = jnp.result_type(x)
+    try:
+        dtype = jnp.result_type(x)
+    except TypeError:
+        # nested Python lists and other non-arrays: JAX's own message does not say which
+        # argument it was, so name it (lists are not ArrayLike, as in jax.numpy)
+        raise TypeError(
+            f"{fn}: {name} must be an array (a jax.Array, a NumPy array or a scalar); got "
+            f"{type(x).__name__}. Convert it first, e.g. jnp.asarray({name})."
+        ) from None
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
             f"{fn}: {name} must have a floating-point dtype (float16, bfloat16, float32 or "
@@ -88,6 +97,58 @@ def as_mask(where: ArrayLike | None, shape: tuple[int, ...], fn: str) -> jax.Arr
     return jnp.reshape(where, (1,) * (len(shape) - where.ndim) + where.shape)
 
 
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_reduction(reduction, fn: str) -> str:
+    """One of :data:`REDUCTIONS`, or a ``ValueError`` listing them."""
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"{fn}: reduction must be one of {REDUCTIONS}; got {reduction!r}")
+    return reduction
+
+
+def check_real(value, name: str, fn: str, lo: float, hi: float | None = None) -> float:
+    """A finite Python-number hyper-parameter in ``[lo, hi]`` (``hi=None``: no upper bound).
+
+    Infinity and NaN are rejected: an infinite weight (``z_loss=inf``) gives an infinite loss,
+    never a useful one.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: {name} must be a Python float; got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and lo <= value and (hi is None or value <= hi)):
+        bound = f"in [{lo:g}, {hi:g}]" if hi is not None else f"finite and >= {lo:g}"
+        raise ValueError(f"{fn}: {name} must be {bound}; got {value!r}")
+    return value
+
+
+def as_label_index(labels: jax.Array) -> jax.Array:
+    """Integer labels in a dtype wide enough to compare with any class count: int32 or int64.
+
+    Comparing in the labels' own dtype would cast the class count to it, so that 200 classes
+    become -56 in int8 and 300 become 44 in uint8, and valid labels would count as out of range.
+    64-bit labels (under x64) stay 64-bit; every narrower or unsigned dtype becomes int32 (a
+    uint32 label of 2**31 or more wraps to a negative index, which is out of range either way).
+    """
+    if labels.dtype.itemsize == 8:
+        return labels.astype(jnp.int64) if labels.dtype != jnp.int64 else labels
+    return labels.astype(jnp.int32) if labels.dtype != jnp.int32 else labels
+
+
+def check_ignore_index(ignore_index, fn: str) -> int | None:
+    """``None`` or a Python int in int32's range (labels are compared in int32 or wider)."""
+    if ignore_index is None:
+        return None
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+        raise TypeError(f"{fn}: ignore_index must be an int or None; got {ignore_index!r}")
+    info = np.iinfo(np.int32)
+    if not info.min <= int(ignore_index) <= info.max:
+        raise ValueError(
+            f"{fn}: ignore_index must fit in int32, [{info.min}, {info.max}]; got {ignore_index}"
+        )
+    return int(ignore_index)
+
+
 def check_labels_in_range(labels, n_classes: int, ignore_index: int | None, fn: str) -> None:
     """Raise ``ValueError`` naming the first out-of-range label when ``labels`` is concrete.
 
@@ -96,7 +157,7 @@ def check_labels_in_range(labels, n_classes: int, ignore_index: int | None, fn: 
     """
     if isinstance(labels, jax.core.Tracer):
         return
-    host = np.asarray(labels)
+    host = np.asarray(labels).astype(np.int64)  # never compare in a narrow label dtype
     bad = (host < 0) | (host >= n_classes)
     if ignore_index is not None:
         bad &= host != ignore_index

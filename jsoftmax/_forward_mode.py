@@ -158,7 +158,8 @@ def logsumexp(
 
 @partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _logsumexp(x, where, axes):
-    return _logsumexp_impl(x, where, axes)[0].astype(x.dtype)
+    m, log_s, _ = _logsumexp_impl(x, where, axes)
+    return (m + log_s).astype(x.dtype)
 
 
 @_logsumexp.defjvp
@@ -166,8 +167,12 @@ def _logsumexp_jvp(axes, primals, tangents):
     x, where = primals
     dx = tangents[0]
     lse = _logsumexp(x, where, axes)
-    # ℓ̇ = ⟨ẋ, softmax(x)⟩; softmax through the twin above so higher derivatives use its rule
-    s = _softmax(x, where, axes)
+    # ℓ̇ = ⟨ẋ, softmax(x)⟩; softmax through the twin above so higher derivatives use its rule.
+    # -inf entries are masked out of it: they have probability 0 either way, and a slice with
+    # no finite entry then gets the zero gradient the docstring promises instead of the NaN
+    # of an unmasked all -inf softmax. (isneginf, not x > -inf: a NaN entry stays NaN.)
+    live = ~jnp.isneginf(x)
+    s = _softmax(x, live if where is None else live & where, axes)
     cdt = compute_dtype(x.dtype)
     dl = jnp.sum(s.astype(cdt) * dx.astype(cdt), axes, keepdims=True)
     return lse, dl.astype(lse.dtype)

@@ -6,8 +6,9 @@ only ever formed one ``[tn, tv]`` block at a time:
 
 * the forward pass walks the blocks with an *online* logsumexp (a running maximum and a sum of
   exponentials rescaled whenever the maximum grows) and keeps per-token statistics only;
-* the ``custom_vjp`` saves ``x``, ``w``, ``bias``, ``labels`` and the per-token logsumexp, and
-  the backward pass recomputes each block's logits to accumulate ``dx``, ``dw`` and ``dbias``.
+* the ``custom_vjp`` saves ``x``, ``w``, ``bias``, ``labels`` and, per token, the shift and the
+  log-sum of the logsumexp (apart: their rounded sum would cost ``|z|·eps`` in every gradient),
+  and the backward pass recomputes each block's logits to accumulate ``dx``, ``dw``, ``dbias``.
 
 Every block has the same static shape. The last block along an axis that the block size does
 not divide is *shifted back* so that it ends at the edge (``lax.dynamic_slice`` clamps its start
@@ -32,11 +33,17 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jsoftmax._checks import as_float_array, check_labels_in_range, compute_dtype
+from jsoftmax._checks import (
+    as_float_array,
+    as_label_index,
+    check_ignore_index,
+    check_labels_in_range,
+    check_real,
+    check_reduction,
+    compute_dtype,
+)
 
 __all__ = ["linear_cross_entropy"]
-
-_REDUCTIONS = ("mean", "sum", "none")
 
 # Automatic block size: at most 2**21 logits (8 MiB in float32) per block, vocabulary chunks of
 # up to 2048 columns. Large enough that each block's matmul runs at full speed, small enough that
@@ -93,16 +100,6 @@ def _check_chunk_size(chunk_size, n: int, v: int, fn: str) -> tuple[int, int]:
     return max(1, min(tn, max(n, 1))), tv
 
 
-def _check_number(value, name: str, fn: str, *, low: float, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{fn}: {name} must be a Python float; got {value!r}")
-    value = float(value)
-    if not low <= value <= high:
-        bounds = f"in [{low}, {high}]" if math.isfinite(high) else f">= {low}"
-        raise ValueError(f"{fn}: {name} must be {bounds}; got {value}")
-    return value
-
-
 def check_options(
     *,
     fn: str,
@@ -113,12 +110,9 @@ def check_options(
     reduction,
 ) -> tuple[int | None, float, float, float | None, str]:
     """Validate the loss options shared by the chunked and the sharded losses."""
-    if ignore_index is not None and (
-        isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer))
-    ):
-        raise TypeError(f"{fn}: ignore_index must be an int or None; got {ignore_index!r}")
-    eps = _check_number(label_smoothing, "label_smoothing", fn, low=0.0, high=1.0)
-    zl = _check_number(z_loss, "z_loss", fn, low=0.0)
+    ignore_index = check_ignore_index(ignore_index, fn)
+    eps = check_real(label_smoothing, "label_smoothing", fn, 0.0, 1.0)
+    zl = check_real(z_loss, "z_loss", fn, 0.0)
     if softcap is not None:
         if isinstance(softcap, bool) or not isinstance(
             softcap, (int, float, np.integer, np.floating)
@@ -129,9 +123,7 @@ def check_options(
                 f"{fn}: softcap must be a positive finite float or None; got {softcap}"
             )
         softcap = float(softcap)
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{fn}: reduction must be one of {_REDUCTIONS}; got {reduction!r}")
-    return (None if ignore_index is None else int(ignore_index)), eps, zl, softcap, reduction
+    return ignore_index, eps, zl, softcap, check_reduction(reduction, fn)
 
 
 def check_labels(labels: ArrayLike, shape: tuple[int, ...], what: str, fn: str) -> jax.Array:
@@ -143,7 +135,7 @@ def check_labels(labels: ArrayLike, shape: tuple[int, ...], what: str, fn: str) 
         raise ValueError(
             f"{fn}: labels must have shape {tuple(shape)} to match {what}; got {labels.shape}"
         )
-    return labels
+    return as_label_index(labels)  # int8 labels with 200 classes must not wrap
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,8 +174,10 @@ def linear_cross_entropy(
 
     The logits are formed one ``[token_chunk, vocab_chunk]`` block at a time: the forward pass
     keeps a running maximum and a rescaled running sum of exponentials per token (an online
-    logsumexp); the ``custom_vjp`` saves only ``x``, ``w``, ``bias``, ``labels`` and the
-    per-token logsumexp; the backward pass recomputes each block's logits and accumulates
+    logsumexp); the ``custom_vjp`` saves only ``x``, ``w``, ``bias``, ``labels`` and two
+    numbers per token, the shift :math:`m_n` and :math:`\log \sum_c e^{z_{nc} - m_n}` (kept
+    apart, so that :math:`p` below never loses :math:`|m_n|\,\epsilon` to a rounded
+    :math:`\mathrm{lse}_n`); the backward pass recomputes each block's logits and accumulates
 
     .. math::
         \frac{\partial \ell_n}{\partial z_{nc}} = p_{nc}\,(1 + 2\lambda\,\mathrm{lse}_n)
@@ -249,7 +243,7 @@ def linear_cross_entropy(
       :func:`jsoftmax.cross_entropy`, :func:`jsoftmax.vocab_parallel_linear_cross_entropy`.
     """
     fn = "linear_cross_entropy"
-    token_shape = jnp.shape(x)[:-1]
+    token_shape = np.shape(x)[:-1]
     x, w, bias, labels, opts = prepare(
         x,
         w,
@@ -388,9 +382,14 @@ def _varying(tree, opts: _Options):
 
 
 def _token_stats(x, w, bias, labels, opts: _Options):
-    """Per-token ``(lse, z_target, z_sum)`` over all classes (all shards), by blocks.
+    """Per-token ``(m, log_s, z_target, z_sum)`` over all classes (all shards), by blocks.
 
-    ``z_sum`` is only computed (else 0) when label smoothing needs it.
+    ``lse = m + log_s``; the two are returned apart because the backward pass needs them apart
+    (see :func:`_lce_bwd`).
+
+    ``z_sum`` is ``Σ_c (z_c − m)``, the logit sum relative to the shift (so the smoothing term
+    ``lse − z̄ = log_s − z_sum / V`` never subtracts two large numbers); it is only computed
+    (else 0) when label smoothing needs it.
     """
     n, v_loc = x.shape[0], w.shape[1]
     cdt = compute_dtype(x.dtype)
@@ -420,7 +419,13 @@ def _token_stats(x, w, bias, labels, opts: _Options):
         hit = (yc >= first_new) & (yc < tv)
         z_t = jnp.take_along_axis(z, jnp.clip(yc, 0, tv - 1)[:, None], axis=1)[:, 0]
         zy_blk = jnp.where(hit, z_t, 0)
-        zs_blk = jnp.sum(jnp.where(new_cols[None, :], z, 0), axis=1) if smooth else 0
+        if smooth:
+            # Σ (z − m) over the columns seen so far, re-referenced to the new max: the
+            # first_new + col0 columns before this block each move by m_old − m_new (none in
+            # the first block, where m_old is the finite lowest value)
+            seen = col0 + first_new
+            shift = jnp.where(seen > 0, seen * (m_old - m_new), 0)
+            zs_blk = shift + jnp.sum(jnp.where(new_cols[None, :], z - m_new[:, None], 0), axis=1)
         # rows already seen by the previous token block keep their statistics
         upd = lambda a, new: lax.dynamic_update_slice_in_dim(  # noqa: E731
             a, jnp.where(new_rows, new, lax.dynamic_slice_in_dim(a, row0, tn)), row0, 0
@@ -428,7 +433,8 @@ def _token_stats(x, w, bias, labels, opts: _Options):
         m = upd(m, m_new)
         s = upd(s, s_new)
         zy = upd(zy, lax.dynamic_slice_in_dim(zy, row0, tn) + zy_blk)
-        zs = upd(zs, lax.dynamic_slice_in_dim(zs, row0, tn) + zs_blk) if smooth else zs
+        if smooth:
+            zs = upd(zs, lax.dynamic_slice_in_dim(zs, row0, tn) + zs_blk)
         return m, s, zy, zs
 
     # the running max starts at the lowest finite value, so exp(m_old − m_new) is 0, not NaN
@@ -440,12 +446,11 @@ def _token_stats(x, w, bias, labels, opts: _Options):
         # by exactly one shard, 0 elsewhere) and the smoothing sum
         m_all = lax.pmax(lax.stop_gradient(m), opts.axis_name)
         s = lax.psum(s * jnp.exp(m - m_all), opts.axis_name)
+        if smooth:  # each shard's v_loc logits re-referenced from its own max to the global one
+            zs = lax.psum(zs + v_loc * (m - m_all), opts.axis_name)
         m = m_all
         zy = lax.psum(zy, opts.axis_name)
-        zs = lax.psum(zs, opts.axis_name) if smooth else zs
-    # adding the max back after the log keeps lse exact for huge logits
-    lse = m + jnp.log(s)
-    return lse, zy, zs
+    return m, jnp.log(s), zy, zs
 
 
 def _token_weights(labels, opts: _Options, cdt):
@@ -459,15 +464,22 @@ def _token_weights(labels, opts: _Options, cdt):
     return valid, in_range, count
 
 
-def token_losses(lse, zy, zs, labels, opts: _Options):
-    """Per-token loss from the statistics; 0 for ignored tokens, NaN for bad labels."""
+def token_losses(m, log_s, zy, zs, labels, opts: _Options):
+    """Per-token loss from the statistics; 0 for ignored tokens, NaN for bad labels.
+
+    ``m`` is the shift, ``log_s = log Σ exp(z − m)``, ``zy`` the target logit and ``zs`` the
+    sum ``Σ_c (z_c − m)``: with ``lse = m + log_s``,
+    ``ℓ = (1 − ε)(lse − z_y) + ε (lse − z̄) = log_s + (1 − ε)(m − z_y) − (ε / V) zs``, written so
+    that no large ``lse`` is subtracted from a large logit (which would lose ``|z|·eps``).
+    """
     eps, v = opts.label_smoothing, opts.num_classes
-    loss = lse - (1 - eps) * zy
+    loss = log_s + (1 - eps) * (m - zy)
     if eps > 0:
         loss = loss - (eps / v) * zs
     if opts.z_loss > 0:
+        lse = m + log_s
         loss = loss + opts.z_loss * lse**2
-    valid, in_range, count = _token_weights(labels, opts, lse.dtype)
+    valid, in_range, count = _token_weights(labels, opts, loss.dtype)
     # an out-of-range label cannot raise under jit: its loss is NaN, never a finite wrong number
     loss = jnp.where(in_range, loss, jnp.nan)
     return jnp.where(valid, loss, 0), count
@@ -485,10 +497,10 @@ def _loss_value(x, w, bias, labels, opts: _Options):
     out_dtype = compute_dtype(x.dtype)  # float32 for half-precision inputs, as cross_entropy
     if x.shape[0] == 0:  # no tokens: nothing to chunk
         loss = jnp.zeros((0,), compute_dtype(out_dtype))
-        return reduce_losses(loss, 1, opts.reduction).astype(out_dtype), loss
-    lse, zy, zs = _token_stats(x, w, bias, labels, opts)
-    loss, count = token_losses(lse, zy, zs, labels, opts)
-    return reduce_losses(loss, count, opts.reduction).astype(out_dtype), lse
+        return reduce_losses(loss, 1, opts.reduction).astype(out_dtype), (loss, loss)
+    m, log_s, zy, zs = _token_stats(x, w, bias, labels, opts)
+    loss, count = token_losses(m, log_s, zy, zs, labels, opts)
+    return reduce_losses(loss, count, opts.reduction).astype(out_dtype), (m, log_s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -502,18 +514,19 @@ def _lce(x, w, bias, labels, opts):
 
 
 def _lce_fwd(x, w, bias, labels, opts):
-    out, lse = _loss_value(x, w, bias, labels, opts)
-    # residuals: the inputs and one float per token; the logits are recomputed in the backward
-    return out, (x, w, bias, labels, lse)
+    out, (m, log_s) = _loss_value(x, w, bias, labels, opts)
+    # residuals: the inputs and two floats per token (the shift m and log Σ exp(z − m), kept
+    # apart rather than summed to lse); the logits are recomputed in the backward pass
+    return out, (x, w, bias, labels, m, log_s)
 
 
 def _lce_bwd(opts: _Options, res, g):
     # With G_n the cotangent of ℓ_n (g, g / count or g_n by reduction; 0 if ignored, NaN for
-    # an out-of-range label), p = exp(z − lse), and per block:
+    # an out-of-range label), p = exp((z − m) − log_s), and per block:
     #   z̄ = G ⊙ [p (1 + 2λ lse) − (1 − ε)·onehot(y) − ε/V] ⊙ (1 − t²)   (t² only with softcap)
     #   x̄ += z̄ wᵀ,   w̄ += xᵀ z̄,   b̄ += Σ_n z̄_n
     # and, with the vocabulary sharded, x̄ is summed over the shards.
-    x, w, bias, labels, lse = res
+    x, w, bias, labels, m, log_s = res
     n, d = x.shape
     v_loc = w.shape[1]
     cdt = compute_dtype(x.dtype)
@@ -527,7 +540,8 @@ def _lce_bwd(opts: _Options, res, g):
     gn = jnp.where(valid, jnp.broadcast_to(g, (n,)), 0)
     gn = jnp.where(in_range | ~valid, gn, jnp.nan)  # bad labels: NaN gradients, like the loss
     eps, v = opts.label_smoothing, opts.num_classes
-    a = gn * (1 + 2 * opts.z_loss * lse) if opts.z_loss > 0 else gn  # weight of p per token
+    # weight of p per token
+    a = gn * (1 + 2 * opts.z_loss * (m + log_s)) if opts.z_loss > 0 else gn
     tn, tv = opts.token_chunk, min(opts.vocab_chunk, v_loc)
     nt, nv = -(-n // tn), -(-v_loc // tv)
     y_local = labels - _vocab_offset(opts, v_loc)
@@ -544,8 +558,10 @@ def _lce_bwd(opts: _Options, res, g):
         # rows already handled by the previous token block contribute nothing again
         a_blk = jnp.where(new_rows, a[rows], 0)
         g_blk = jnp.where(new_rows, gn[rows], 0)
-        # the softmax recomputed from the saved logsumexp (no max or sum needed again)
-        p = jnp.exp(z - lse[rows][:, None])
+        # The softmax recomputed from the saved statistics (no max or sum needed again). The
+        # shift and the log-sum stay apart: exp(z − lse) would round lse = m + log_s to the
+        # precision of m first and lose |m|·eps in every p (p = 1 instead of 0.5 at |z| = 3e7).
+        p = jnp.exp((z - m[rows][:, None]) - log_s[rows][:, None])
         dz = a_blk[:, None] * p
         if eps > 0:
             dz = dz - g_blk[:, None] * (eps / v)

@@ -33,9 +33,13 @@ from jax.typing import ArrayLike
 from jsoftmax._checks import (
     Axis,
     as_float_array,
+    as_label_index,
     as_mask,
     canonical_axes,
+    check_ignore_index,
     check_labels_in_range,
+    check_real,
+    check_reduction,
     compute_dtype,
 )
 
@@ -45,9 +49,6 @@ __all__ = [
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
 ]
-
-_REDUCTIONS = ("mean", "sum", "none")
-
 
 # --------------------------------------------------------------------------------------------
 # Trace-time validation and layout
@@ -76,22 +77,6 @@ def _to_classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     if len(axes) == 1:
         return x
     return x.reshape((*x.shape[: len(batch)], -1))
-
-
-def _check_option(value, name: str, fn: str, lo: float, hi: float | None) -> float:
-    """A Python-number hyper-parameter in ``[lo, hi]`` (``hi=None``: no upper bound)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{fn}: {name} must be a Python float; got {value!r}")
-    value = float(value)
-    if not (lo <= value and (hi is None or value <= hi)):  # also rejects NaN
-        bound = f"in [{lo:g}, {hi:g}]" if hi is not None else f">= {lo:g}"
-        raise ValueError(f"{fn}: {name} must be {bound}; got {value!r}")
-    return value
-
-
-def _check_reduction(reduction, fn: str) -> None:
-    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
-        raise ValueError(f"{fn}: reduction must be one of {_REDUCTIONS}; got {reduction!r}")
 
 
 class _Inputs(NamedTuple):
@@ -123,10 +108,7 @@ def _prepare(
     layout = f"{name} of shape {logits.shape} with axis={axis!r}"
     if n_classes == 0:
         raise ValueError(f"{fn}: {layout} have no classes")
-    if ignore_index is not None and (
-        isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer))
-    ):
-        raise TypeError(f"{fn}: ignore_index must be an int or None; got {ignore_index!r}")
+    ignore_index = check_ignore_index(ignore_index, fn)
 
     if jnp.issubdtype(labels.dtype, jnp.integer):
         if labels.shape != batch_shape:
@@ -135,6 +117,7 @@ def _prepare(
                 f"the class axes); got {labels.shape}"
             )
         check_labels_in_range(labels, n_classes, ignore_index, fn)
+        labels = as_label_index(labels)  # int8 labels with 200 classes must not wrap
     elif jnp.issubdtype(labels.dtype, jnp.floating):
         if labels.shape != logits.shape:
             raise ValueError(
@@ -183,8 +166,18 @@ def _prepare(
                     f"{fn}: where of shape {where.shape} (one flag per class) must be "
                     f"broadcastable to {name} of shape {logits.shape}"
                 )
-            mask = _to_classes_last(as_mask(where, logits.shape, fn), axes)
-            count = jnp.sum(mask, -1, dtype=jnp.int32)
+            mask = as_mask(where, logits.shape, fn)
+            if len(axes) > 1:
+                # several class axes are flattened into one, which needs them at full size
+                # (a size-1 axis among them cannot be reshaped into the flat class index)
+                full = tuple(logits.shape[a] if a in axes else d for a, d in enumerate(mask.shape))
+                mask = jnp.broadcast_to(mask, full)
+            mask = _to_classes_last(mask, axes)
+            # Live classes per example, counted on the mask broadcast to all n_classes classes
+            # (a [..., 1] mask stays unbroadcast in memory; XLA fuses the broadcast into the sum)
+            count = jnp.sum(
+                jnp.broadcast_to(mask, (*mask.shape[:-1], n_classes)), -1, dtype=jnp.int32
+            )
             ok = count > 0  # an example with every class masked contributes nothing
         else:
             raise ValueError(
@@ -229,8 +222,11 @@ def _reduce(loss: jax.Array, inp: _Inputs, reduction: str) -> jax.Array:
     if reduction == "sum":
         return total
     den = jnp.sum(_example_weight(inp, loss.dtype))
-    # every example ignored or masked: return 0 (not 0/0), and so a zero gradient
-    return total / jnp.where(den == 0, jnp.ones_like(den), den)
+    # No example contributes (every one ignored, masked, or of weight 0 with no smoothing
+    # mass): return 0, not 0/0, and so a zero gradient. Weights of the examples that do
+    # contribute summing to 0 divide by 0 (±inf or NaN, as in PyTorch): no finite wrong mean.
+    nothing = (den == 0) & jnp.all(loss == 0)
+    return total / jnp.where(nothing, jnp.ones_like(den), den)
 
 
 def _per_class(w: jax.Array, ndim: int) -> jax.Array:
@@ -336,8 +332,9 @@ def _forward(cfg: _Config, z, labels, weight, ok, mask, count) -> tuple[jax.Arra
     else:
         t = _prob_target(cfg, labels, weight, ok, mask, count, cdt)
         tsum = jnp.sum(t, -1)
-        # Σ_c t_c (lse − z_c) = Σt · log s − Σ_c t_c (z_c − m), with 0 · (−inf) taken as 0
-        loss = tsum * log_s - jnp.sum(_xmul(t, xs), -1)
+        # Σ_c t_c (lse − z_c) = Σt · log s − Σ_c t_c (z_c − m), with 0 · (−inf) taken as 0:
+        # an example with every class masked has Σt = 0 and log s = -inf and contributes 0
+        loss = _xmul(tsum, log_s) - jnp.sum(_xmul(t, xs), -1)
         zw = jnp.ones(labels.shape[:-1], cdt) if ok is None else ok.astype(cdt)
     coef = tsum
     if cfg.z_loss:
@@ -520,14 +517,21 @@ def cross_entropy(
         that example only.
       * Out-of-range integer labels (other than ``ignore_index``) raise ``ValueError`` when
         ``labels`` is concrete; under ``jit`` they give a NaN loss and a NaN gradient row.
-      * If every example is ignored or masked, ``"mean"`` returns 0 with zero gradients;
-        PyTorch returns NaN there. PyTorch ignores ``ignore_index`` for probability labels;
-        here it raises ``ValueError``.
+      * If no example contributes (every one ignored or masked, or of class weight 0 with no
+        smoothing mass), ``"mean"`` returns 0 with zero gradients; PyTorch returns NaN there.
+        If the weights :math:`\omega_n` of the examples that do contribute sum to 0 (negative
+        class weights, or zero-weight labels with smoothing), ``"mean"`` divides by 0 and is
+        ``±inf`` or NaN, as in PyTorch. PyTorch ignores ``ignore_index`` for probability
+        labels; here it raises ``ValueError``.
+      * Integer labels of any integer dtype (``int8`` … ``int64``, ``uint8`` …) are compared
+        in ``int32`` (``int64`` for 64-bit labels), never in their own dtype: ``uint8`` labels
+        with 300 classes are valid.
       * A label on a class masked out by ``where`` still scores its own logit against the
         masked normaliser (as optax does).
       * float16/bfloat16 logits are computed in float32; the loss is float32 and the logits'
         gradient has the logits' dtype.
-      * ``label_smoothing`` and ``z_loss`` are static Python numbers (validated at trace time).
+      * ``label_smoothing`` and ``z_loss`` are static, finite Python numbers (validated at
+        trace time).
 
     See also:
       :func:`nll_loss`, :func:`softmax_cross_entropy_with_integer_labels`,
@@ -535,10 +539,10 @@ def cross_entropy(
     """
     fn = "cross_entropy"
     cfg = _Config(
-        _check_option(label_smoothing, "label_smoothing", fn, 0.0, 1.0),
-        _check_option(z_loss, "z_loss", fn, 0.0, None),
+        check_real(label_smoothing, "label_smoothing", fn, 0.0, 1.0),
+        check_real(z_loss, "z_loss", fn, 0.0),
     )
-    _check_reduction(reduction, fn)
+    check_reduction(reduction, fn)
     inp = _prepare(logits, labels, axis, weight, ignore_index, where, fn)
     return _reduce(_ce_per_example(inp, cfg), inp, reduction)
 
@@ -593,7 +597,7 @@ def nll_loss(
       :func:`cross_entropy`.
     """
     fn = "nll_loss"
-    _check_reduction(reduction, fn)
+    check_reduction(reduction, fn)
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"{fn}: labels must be integer class indices; got dtype {labels.dtype}")

@@ -20,9 +20,11 @@ called unchanged on global arrays (e.g. made with ``jax.make_array_from_process_
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -71,6 +73,79 @@ def _placed(mesh: Mesh, specs, *arrays):
     if not any(t == AxisType.Explicit for t in mesh.axis_types):
         return arrays
     return tuple(jax.reshard(a, NamedSharding(mesh, s)) for a, s in zip(arrays, specs, strict=True))
+
+
+def _auto_twin(mesh: Mesh) -> Mesh:
+    """``mesh``'s devices and axis names with every axis ``Auto``."""
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
+def _run_sharded(kernel, opts: _Options, mesh: Mesh, specs, *arrays) -> jax.Array:
+    """``kernel(opts, *shards)`` on every device of ``mesh``; its result, replicated.
+
+    On an ``Explicit`` mesh used outside ``jax.set_mesh`` the result would carry the mesh in its
+    type, and JAX cannot seed an eager ``jax.grad`` of such a value ("Length of device
+    assignment 1 is not equal to the size of the mesh"). There the work goes through
+    :func:`_run_detached`, whose result is an ordinary replicated array. Everywhere else
+    (``Auto`` meshes, ``jax.set_mesh``) the ``shard_map`` runs over ``mesh`` as it is.
+    """
+    explicit = any(t == AxisType.Explicit for t in mesh.axis_types)
+    if not explicit or not jax.sharding.get_abstract_mesh().empty:
+        mapped = jax.shard_map(partial(kernel, opts), mesh=mesh, in_specs=specs, out_specs=P())
+        return mapped(*_placed(mesh, specs, *arrays))
+    typed = any(not jax.typeof(a).sharding.mesh.empty for a in arrays)
+    if typed:
+        # Inputs typed on the mesh are resharded to the specs here, outside the jit below:
+        # inside it, an unsharded input would keep the result on the Explicit type.
+        arrays = _placed(mesh, specs, *arrays)
+    return _run_detached(kernel, opts, mesh, specs, typed, *arrays)
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _run_detached(kernel, opts: _Options, mesh: Mesh, specs, typed: bool, *arrays):
+    """:func:`_run_sharded` on an ``Explicit`` mesh outside ``jax.set_mesh``, under ``jit``.
+
+    Inputs with no mesh in their type go to a ``shard_map`` over the ``Auto`` twin of ``mesh``
+    (same devices and axis names), which places them itself; inputs typed on ``mesh``
+    (``typed``, already resharded to ``specs``) go to one over ``mesh``, and the replicated
+    result is then moved to the twin. Either way the result is an ordinary replicated array, so
+    ``grad``, ``value_and_grad`` and ``hessian`` work outside ``jit``, and the gradients come
+    back in the inputs' own shardings. The ``jit`` is needed for ``hessian``: eagerly, JAX's
+    forward-over-reverse of the placement asks an abstract mesh for its devices and fails.
+    """
+    auto = _auto_twin(mesh)
+    mapped = jax.shard_map(
+        partial(kernel, opts), mesh=mesh if typed else auto, in_specs=specs, out_specs=P()
+    )
+    out = mapped(*arrays)
+    return jax.device_put(out, NamedSharding(auto, P())) if typed else out
+
+
+def _vocab_parallel_xent_kernel(opts: _Options, z, y):
+    """Per-shard body of :func:`vocab_parallel_cross_entropy`: ``z [N, V / k]``, ``y [N]``."""
+    axis_name, eps = opts.axis_name, opts.label_smoothing
+    cdt = compute_dtype(z.dtype)
+    z = z.astype(cdt)
+    v_loc = z.shape[1]
+    # the global row max, a constant shift (no gradient): exp(z − m) cannot overflow
+    m = lax.pmax(lax.stop_gradient(jnp.max(z, axis=1)), axis_name)
+    s = lax.psum(jnp.sum(jnp.exp(z - m[:, None]), axis=1), axis_name)
+    log_s = jnp.log(s)  # lse = m + log_s, kept apart (see token_losses)
+    # the target logit from the one shard that holds the label's class (0 from the others)
+    yl = y - lax.axis_index(axis_name) * v_loc
+    mine = (yl >= 0) & (yl < v_loc)
+    z_t = jnp.take_along_axis(z, jnp.clip(yl, 0, v_loc - 1)[:, None], axis=1)[:, 0]
+    zy = lax.psum(jnp.where(mine, z_t, 0), axis_name)
+    # Σ_c (z_c − m): relative to the shift, so the smoothing term has no cancellation
+    zs = lax.psum(jnp.sum(z - m[:, None], axis=1), axis_name) if eps > 0 else jnp.zeros_like(m)
+    loss, count = token_losses(m, log_s, zy, zs, y, opts)
+    return reduce_losses(loss, count, opts.reduction)
+
+
+def _vocab_parallel_linear_xent_kernel(opts: _Options, x, w, *bias_and_labels):
+    """Per-shard body of :func:`vocab_parallel_linear_cross_entropy`: ``(b,) y`` last."""
+    *bias, y = bias_and_labels
+    return chunked_loss(x, w, bias[0] if bias else None, y, opts, (x.shape[0],))
 
 
 def vocab_parallel_cross_entropy(
@@ -135,7 +210,12 @@ def vocab_parallel_cross_entropy(
       * A ``+inf`` or ``NaN`` logit makes its token's loss ``NaN``; ``-inf`` logits have
         probability 0 (but a ``-inf`` target logit gives ``+inf``).
       * Out-of-range labels raise ``ValueError`` when concrete and give ``NaN`` under ``jit``.
-      * Works under ``jit`` and ``grad``; the collectives need the devices of ``mesh``.
+      * ``grad``, ``value_and_grad`` and ``hessian`` work eagerly and under ``jit``, on
+        ``Explicit`` meshes (the default of ``jax.make_mesh``) and ``Auto`` ones, inside
+        ``jax.set_mesh`` or not; the gradient has the logits' sharding. The collectives need
+        the devices of ``mesh``. Outside ``jax.set_mesh`` on an ``Explicit`` mesh the result
+        is an ordinary replicated array (JAX cannot seed ``grad`` of a value typed on a mesh
+        there), computed inside a ``jit`` of its own.
 
     See also:
       :func:`vocab_parallel_linear_cross_entropy`, :func:`jsoftmax.cross_entropy`.
@@ -162,26 +242,9 @@ def vocab_parallel_cross_entropy(
     n = math.prod(token_shape)
     opts = _Options(max(n, 1), v // k, v, ignore_index, eps, zl, None, reduction, axis_name)
 
-    def body(z, y):
-        cdt = compute_dtype(z.dtype)
-        z = z.astype(cdt)
-        v_loc = z.shape[1]
-        # the global row max, a constant shift (no gradient): exp(z − m) cannot overflow
-        m = lax.pmax(lax.stop_gradient(jnp.max(z, axis=1)), axis_name)
-        s = lax.psum(jnp.sum(jnp.exp(z - m[:, None]), axis=1), axis_name)
-        lse = m + jnp.log(s)  # adding the max back after the log keeps lse exact
-        # the target logit from the one shard that holds the label's class (0 from the others)
-        yl = y - lax.axis_index(axis_name) * v_loc
-        mine = (yl >= 0) & (yl < v_loc)
-        z_t = jnp.take_along_axis(z, jnp.clip(yl, 0, v_loc - 1)[:, None], axis=1)[:, 0]
-        zy = lax.psum(jnp.where(mine, z_t, 0), axis_name)
-        zs = lax.psum(jnp.sum(z, axis=1), axis_name) if eps > 0 else jnp.zeros_like(lse)
-        loss, count = token_losses(lse, zy, zs, y, opts)
-        return reduce_losses(loss, count, reduction)
-
     specs = (P(None, axis_name), P())
-    mapped = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=P())
-    out = mapped(*_placed(mesh, specs, logits.reshape(n, v), labels.reshape(n)))
+    arrays = (logits.reshape(n, v), labels.reshape(n))
+    out = _run_sharded(_vocab_parallel_xent_kernel, opts, mesh, specs, *arrays)
     return out.reshape(token_shape) if reduction == "none" else out
 
 
@@ -252,14 +315,17 @@ def vocab_parallel_linear_cross_entropy(
       * As :func:`jsoftmax.linear_cross_entropy`: non-finite inputs give ``NaN`` for the
         affected tokens; out-of-range labels raise when concrete and give ``NaN`` under ``jit``;
         reverse mode to any order works, forward mode applied directly does not.
+      * ``grad``, ``value_and_grad`` and ``hessian`` work eagerly and under ``jit``, on
+        ``Explicit`` and ``Auto`` meshes, inside ``jax.set_mesh`` or not (as
+        :func:`vocab_parallel_cross_entropy`); ``dw`` and ``dbias`` keep their shardings.
 
     See also:
       :func:`vocab_parallel_cross_entropy`, :func:`jsoftmax.linear_cross_entropy`.
     """
     fn = "vocab_parallel_linear_cross_entropy"
-    w_shape = jnp.shape(w)
+    w_shape = np.shape(w)
     v = w_shape[1] if len(w_shape) == 2 else None
-    token_shape = jnp.shape(x)[:-1]
+    token_shape = np.shape(x)[:-1]
     k = 1
     if isinstance(mesh, Mesh) and axis_name in mesh.axis_names and v:
         k = int(mesh.shape[axis_name])
@@ -283,21 +349,8 @@ def vocab_parallel_linear_cross_entropy(
     if x.shape[0] == 0:  # nothing to shard: the local rule handles empty inputs
         return chunked_loss(x, w, bias, labels, opts._replace(axis_name=None), token_shape)
     if bias is None:
-        specs = (P(), P(None, axis_name), P())
-        mapped = jax.shard_map(
-            lambda x, w, y: chunked_loss(x, w, None, y, opts, (x.shape[0],)),
-            mesh=mesh,
-            in_specs=specs,
-            out_specs=P(),
-        )
-        out = mapped(*_placed(mesh, specs, x, w, labels))
+        specs, arrays = (P(), P(None, axis_name), P()), (x, w, labels)
     else:
-        specs = (P(), P(None, axis_name), P(axis_name), P())
-        mapped = jax.shard_map(
-            lambda x, w, b, y: chunked_loss(x, w, b, y, opts, (x.shape[0],)),
-            mesh=mesh,
-            in_specs=specs,
-            out_specs=P(),
-        )
-        out = mapped(*_placed(mesh, specs, x, w, bias, labels))
+        specs, arrays = (P(), P(None, axis_name), P(axis_name), P()), (x, w, bias, labels)
+    out = _run_sharded(_vocab_parallel_linear_xent_kernel, opts, mesh, specs, *arrays)
     return out.reshape(token_shape) if reduction == "none" else out

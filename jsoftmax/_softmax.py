@@ -234,7 +234,8 @@ def logsumexp(
         \mathrm{logsumexp}(x) = m + \log \sum_j \exp(x_j - m), \qquad m = \max_j x_j
 
     The gradient is :math:`\bar x = g\,\mathrm{softmax}(x)`, recomputed in the backward pass as
-    :math:`\exp(x - \mathrm{logsumexp}(x))` from the saved input and output.
+    :math:`\exp((x - m) - \log \sum_j \exp(x_j - m))` from the saved input and the two
+    per-slice numbers, so it stays accurate to a few ulps even where :math:`|x|` is huge.
 
     Args:
       x: any shape ``[..., n, ...]``, floating point.
@@ -271,6 +272,13 @@ def logsumexp(
 
 
 def _logsumexp_impl(x, where, axes):
+    """``(m, log_s, xm)``: the shift, ``log Σ exp(x − m)`` and the masked input, per slice.
+
+    The result is ``m + log_s``. The two are kept apart for the backward pass: forming
+    ``exp(x − lse)`` from the rounded sum would cost ``|lse|·eps`` of relative error in every
+    gradient entry (``0.49989`` instead of ``0.5`` for ``[1e4, 1e4]`` in float32), while
+    ``exp((x − m) − log_s)`` rounds only ``x − m`` and ``log_s ∈ [0, log n]``.
+    """
     if where is not None:
         # masked entries take part as -inf (kept in x's dtype: this is also the residual)
         x = jnp.where(where, x, jnp.array(-jnp.inf, x.dtype))
@@ -279,28 +287,31 @@ def _logsumexp_impl(x, where, axes):
     # a slice with no finite entry is shifted by 0 rather than -inf, so its exps are exact 0s
     # (or a +inf) and its log-sum is -inf (or +inf) instead of NaN from inf − inf
     m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
-    # adding the shift back after the log keeps the result exact for huge |x|
-    lse = jnp.log(jnp.sum(jnp.exp(xc - m), axes, keepdims=True)) + m
-    return lse, x
+    log_s = jnp.log(jnp.sum(jnp.exp(xc - m), axes, keepdims=True))
+    return m, log_s, x
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _logsumexp(x, where, axes):
-    return _logsumexp_impl(x, where, axes)[0].astype(x.dtype)
+    m, log_s, _ = _logsumexp_impl(x, where, axes)
+    # adding the shift back after the log keeps the result exact for huge |x|
+    return (m + log_s).astype(x.dtype)
 
 
 def _logsumexp_fwd(x, where, axes):
-    lse, xm = _logsumexp_impl(x, where, axes)
-    # residuals: the (masked) input and the per-slice result, from which softmax is recomputed
-    return lse.astype(x.dtype), (xm, lse)
+    m, log_s, xm = _logsumexp_impl(x, where, axes)
+    # residuals: the (masked) input and, per slice, the shift and the log-sum, from which the
+    # softmax is recomputed (two numbers per slice rather than their rounded sum)
+    return (m + log_s).astype(x.dtype), (xm, m, log_s)
 
 
 def _logsumexp_bwd(axes, res, g):
-    # x̄ = g · exp(x − lse) = g · softmax(x). A slice with lse = -inf has every entry -inf;
-    # subtracting 0 instead keeps its gradient at exactly 0 rather than NaN.
-    xm, lse = res
-    lse = jnp.where(jnp.isneginf(lse), jnp.zeros_like(lse), lse)
-    dx = g.astype(lse.dtype) * jnp.exp(xm.astype(lse.dtype) - lse)
+    # x̄ = g · softmax(x) = g · exp((x − m) − log_s), never exp(x − lse) with a rounded lse.
+    # A slice with no finite entry has log_s = -inf and every entry -inf; subtracting 0
+    # instead keeps its gradient at exactly 0 rather than NaN from -inf − (-inf).
+    xm, m, log_s = res
+    log_s = jnp.where(jnp.isneginf(log_s), jnp.zeros_like(log_s), log_s)
+    dx = g.astype(m.dtype) * jnp.exp((xm.astype(m.dtype) - m) - log_s)
     return dx.astype(xm.dtype), None
 
 

@@ -87,6 +87,16 @@ Params = list[dict[str, jax.Array]]
 Batch = dict[str, jax.Array]
 
 _ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu}
+_DATASETS = ("digits", "mnist")
+_OPTIMIZERS = ("adamw", "sgd")
+
+# Seeds of the initial parameters must lie below this: without 64-bit mode jax.random.key keeps
+# only the low 32 bits, so seed 2**32 would silently start from seed 0's parameters.
+_SEED_LIMIT = 2**32
+
+# Images in scikit-learn's bundled digits: a fixed size, so Config can check the split sizes of
+# its fractions up front (MNIST's size comes from its files; its loader checks its own split).
+_DIGITS_SIZE = 1797
 
 # Standard deviation of a standard normal truncated to [-2, 2]:
 # sqrt(1 - 2·a·φ(a) / (Φ(a) - Φ(-a))) at a = 2, with Φ(a) - Φ(-a) = erf(a / √2).
@@ -99,6 +109,42 @@ _TRUNCATED_STD = math.sqrt(
 RESUME_MAY_DIFFER = ("data_dir", "output_dir", "resume", "keep_checkpoints", "plot", "quiet")
 
 
+def _is_int(value: Any) -> bool:
+    """A Python or NumPy integer, but not a bool (``True`` is not a batch size)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    """A Python or NumPy integer or float, but not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _digits_split_sizes(val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """The train, validation and test sizes that :func:`jsoftmax._data.load_digits` cuts."""
+    n_test = round(_DIGITS_SIZE * test_fraction)
+    n_val = round(_DIGITS_SIZE * val_fraction)
+    return {"train": _DIGITS_SIZE - n_val - n_test, "validation": n_val, "test": n_test}
+
+
+def _check_digits_split(val_fraction: float, test_fraction: float) -> None:
+    """Raise ``ValueError`` if the fractions leave a split of the digits without an example."""
+    sizes = _digits_split_sizes(val_fraction, test_fraction)
+    if all(sizes.values()):
+        return
+    if not sizes["validation"]:
+        name, got, split = "val_fraction", repr(val_fraction), "validation"
+    elif not sizes["test"]:
+        name, got, split = "test_fraction", repr(test_fraction), "test"
+    else:
+        name, split = "val_fraction + test_fraction", "training"
+        got = f"{val_fraction!r} + {test_fraction!r}"
+    counts = ", ".join(f"{n} {part}" for part, n in sizes.items())
+    raise ValueError(
+        f"Config.{name} must leave at least one {split} example; got {got}, which splits the "
+        f"{_DIGITS_SIZE} digits into {counts}"
+    )
+
+
 def _opt(default: Any, help: str, **extra: Any) -> Any:
     """A dataclass field with its command-line help (and, optionally, choices) attached."""
     return field(default=default, metadata={"help": help, **extra})
@@ -106,10 +152,18 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 
 @dataclass(frozen=True)
 class Config:
-    """Everything that defines a training run. Every field is a ``jsoftmax train`` flag."""
+    """Everything that defines a training run. Every field is a ``jsoftmax train`` flag.
+
+    Every field is checked when the config is built: a value of the wrong type raises
+    ``TypeError`` and a value out of range ``ValueError``, both naming the field, what it must be
+    and what it got (``Config.seed must be a non-negative int below 2**32; got -1``). NumPy
+    scalars and ``os.PathLike`` paths are accepted and stored as plain Python values; a bool is
+    not accepted where an int or a number is expected. What depends on files (the data, the
+    checkpoint to resume) is checked by :func:`train_and_evaluate` before it compiles anything.
+    """
 
     # data
-    data: str = _opt("digits", "dataset", choices=("digits", "mnist"))
+    data: str = _opt("digits", "dataset", choices=_DATASETS)
     data_dir: str | None = _opt(None, "folder with the MNIST IDX files (for --data mnist)")
     val_fraction: float = _opt(0.1, "share of the data held out for validation")
     test_fraction: float = _opt(0.2, "share held out for testing (digits; MNIST has its own)")
@@ -119,7 +173,7 @@ class Config:
     activation: str = _opt("gelu", "hidden-layer activation", choices=tuple(_ACTIVATIONS))
     # optimisation
     seed: int = _opt(0, "seed of the initial parameters and of the shuffles")
-    optimizer: str = _opt("adamw", "optimiser", choices=("adamw", "sgd"))
+    optimizer: str = _opt("adamw", "optimiser", choices=_OPTIMIZERS)
     learning_rate: float = _opt(3e-3, "peak learning rate of the warm-up + cosine schedule")
     warmup_epochs: float = _opt(1.0, "epochs of linear warm-up from 0 to the peak rate")
     momentum: float = _opt(0.9, "SGD momentum (0 for none)")
@@ -142,43 +196,101 @@ class Config:
     quiet: bool = _opt(False, "no progress bar")
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise ValueError(f"Config.{name} must be {expected}; got {getattr(self, name)!r}")
+        def fail(name: str, expected: str, error: type[Exception] = ValueError) -> None:
+            value = getattr(self, name)
+            got = f"{value!r} ({type(value).__name__})" if error is TypeError else repr(value)
+            raise error(f"Config.{name} must be {expected}; got {got}")
 
-        if self.data not in ("digits", "mnist"):
-            fail("data", "'digits' or 'mnist'")
+        def store(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        def choice(name: str, choices: tuple[str, ...], expected: str) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                fail(name, expected, TypeError)
+            if value not in choices:
+                fail(name, expected)
+
+        def integer(name: str, expected: str, low: int, high: float = math.inf) -> None:
+            value = getattr(self, name)
+            if not _is_int(value):
+                fail(name, expected, TypeError)
+            if not low <= value < high:
+                fail(name, expected)
+            store(name, int(value))  # NumPy integers become plain ints (JSON-ready)
+
+        def number(name: str, expected: str, within: Any) -> None:
+            value = getattr(self, name)
+            if not _is_real(value):
+                fail(name, f"a number {expected}", TypeError)
+            try:
+                finite = math.isfinite(value)
+            except OverflowError:  # an int too large for a float
+                finite = False
+            if not finite:
+                fail(name, "finite")
+            if not within(value):
+                fail(name, expected)
+            if isinstance(value, (np.integer, np.floating)):  # plain Python numbers (JSON-ready)
+                store(name, value.item())
+
+        def path(name: str, expected: str) -> None:
+            value = getattr(self, name)
+            if value is None:
+                return
+            if not isinstance(value, (str, os.PathLike)) or not isinstance(os.fspath(value), str):
+                fail(name, expected, TypeError)
+            store(name, os.fspath(value))  # a pathlib.Path is stored as its string
+            if "\0" in getattr(self, name):
+                fail(name, f"{expected}, without NUL characters")
+
+        def flag(name: str) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                fail(name, "a bool", TypeError)
+            store(name, bool(value))
+
+        # data
+        choice("data", _DATASETS, "'digits' or 'mnist'")
+        path("data_dir", "a folder path (str or os.PathLike) or None")
         if self.data == "mnist" and not self.data_dir:
             fail("data_dir", "the folder holding the MNIST IDX files when data='mnist'")
         for name in ("val_fraction", "test_fraction"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                fail(name, "in (0, 1)")
+            number(name, "in (0, 1)", lambda v: 0.0 < v < 1.0)
         if self.val_fraction + self.test_fraction >= 1.0:
             fail("test_fraction", f"< 1 - val_fraction = {1 - self.val_fraction}")
+        if self.data == "digits":  # rounding can still leave a split of the digits empty
+            _check_digits_split(self.val_fraction, self.test_fraction)
+        integer("split_seed", "a non-negative int", 0)
+        # model
         if isinstance(self.hidden_sizes, list):  # accept a list; store the hashable tuple
-            object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
-        if not isinstance(self.hidden_sizes, tuple) or not all(
-            isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in self.hidden_sizes
-        ):
-            fail("hidden_sizes", "a tuple of positive ints (may be empty)")
-        if self.activation not in _ACTIVATIONS:
-            fail("activation", f"one of {tuple(_ACTIVATIONS)}")
-        if self.optimizer not in ("adamw", "sgd"):
-            fail("optimizer", "'adamw' or 'sgd'")
-        if not self.learning_rate > 0.0:
-            fail("learning_rate", "> 0")
-        if not 0.0 <= self.warmup_epochs <= self.epochs:
-            fail("warmup_epochs", f"in [0, epochs={self.epochs}]")
-        if not 0.0 <= self.momentum < 1.0:
-            fail("momentum", "in [0, 1)")
-        if not self.weight_decay >= 0.0:
-            fail("weight_decay", ">= 0")
-        if not 0.0 <= self.label_smoothing <= 1.0:
-            fail("label_smoothing", "in [0, 1]")
-        for name in ("batch_size", "eval_batch_size", "epochs"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                fail(name, "a positive int")
-        if self.keep_checkpoints < 0:
-            fail("keep_checkpoints", ">= 0")
+            store("hidden_sizes", tuple(self.hidden_sizes))
+        widths = "a tuple of positive ints (may be empty)"
+        if not isinstance(self.hidden_sizes, tuple) or not all(map(_is_int, self.hidden_sizes)):
+            fail("hidden_sizes", widths, TypeError)
+        if not all(h > 0 for h in self.hidden_sizes):
+            fail("hidden_sizes", widths)
+        store("hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        choice("activation", tuple(_ACTIVATIONS), f"one of {tuple(_ACTIVATIONS)}")
+        # optimisation
+        integer("seed", "a non-negative int below 2**32", 0, _SEED_LIMIT)
+        choice("optimizer", _OPTIMIZERS, "'adamw' or 'sgd'")
+        number("learning_rate", "> 0", lambda v: v > 0.0)
+        integer("epochs", "a positive int", 1)  # before warmup_epochs, which is bounded by it
+        number("warmup_epochs", f"in [0, epochs={self.epochs}]", lambda v: 0 <= v <= self.epochs)
+        number("momentum", "in [0, 1)", lambda v: 0.0 <= v < 1.0)
+        number("weight_decay", ">= 0", lambda v: v >= 0.0)
+        number("label_smoothing", "in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+        integer("batch_size", "a positive int", 1)
+        integer("eval_batch_size", "a positive int", 1)
+        # outputs
+        path("output_dir", "a folder path (str or os.PathLike), '' or None")
+        integer("keep_checkpoints", "a non-negative int (0 keeps all)", 0)
+        path("resume", "a checkpoint path (str or os.PathLike), 'latest' or None")
+        if self.resume == "latest" and not self.output_dir:
+            fail("resume", "a checkpoint file, not 'latest', when output_dir is empty")
+        flag("plot")
+        flag("quiet")
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON-ready values (tuples become lists)."""
@@ -517,6 +629,10 @@ def _compiled_init(sizes: tuple[int, ...], tx: optax.GradientTransformation, sha
 
 def _resume_path(config: Config) -> str:
     if config.resume != "latest":
+        if not os.path.isfile(config.resume):
+            raise FileNotFoundError(
+                f"Config.resume must name an existing checkpoint file; got {config.resume!r}"
+            )
         return config.resume
     folder = os.path.join(config.output_dir or "", "checkpoints")
     path = _checkpoint.latest_checkpoint(folder)
@@ -588,6 +704,18 @@ def train_and_evaluate(
     """
     from tqdm import tqdm  # the terminal bar: tqdm.auto warns inside notebooks without widgets
 
+    if not isinstance(config, Config):
+        raise TypeError(f"train_and_evaluate: config must be a Config; got {type(config).__name__}")
+    # What the config's own checks cannot know, before anything is loaded or compiled: the
+    # output folder must be a folder and the checkpoint to resume must exist.
+    if config.output_dir and os.path.exists(config.output_dir):
+        if not os.path.isdir(config.output_dir):
+            raise NotADirectoryError(
+                f"Config.output_dir must be a folder (or '' for none); got {config.output_dir!r}, "
+                "which is a file"
+            )
+    resume_path = _resume_path(config) if config.resume else None
+
     t_start = time.perf_counter()
     ds = _data.load_dataset(
         config.data,
@@ -608,10 +736,9 @@ def train_and_evaluate(
     state = _compiled_init(sizes, tx, replicated)(jax.random.key(config.seed))
     history: list[dict[str, Any]] = []
     first_epoch = 1
-    if config.resume:
-        path = _resume_path(config)
-        state, meta = _checkpoint.load_checkpoint(path, state)
-        _check_resumable(path, meta["config"], config)
+    if resume_path:
+        state, meta = _checkpoint.load_checkpoint(resume_path, state)
+        _check_resumable(resume_path, meta["config"], config)
         history, first_epoch = meta["history"], meta["epoch"] + 1
     state = jax.device_put(state, replicated)
 

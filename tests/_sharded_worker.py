@@ -161,3 +161,157 @@ def test_vocab_must_divide_over_the_mesh():
         jsoftmax.vocab_parallel_cross_entropy(
             (x @ w)[:, :44], jnp.clip(y, 0, 43), mesh=mesh, axis_name="vocab"
         )
+
+
+# Regression (probe bug 8): eager jax.grad / value_and_grad / hessian of the vocabulary-parallel
+# losses raised "Length of device assignment 1 is not equal to the size of the mesh" on an
+# Explicit mesh (the default of jax.make_mesh) outside jax.set_mesh. The docstrings promise grad.
+CONTEXTS = ["eager", "jit", "set_mesh+jit", "set_mesh eager"]
+
+
+def _in_context(context, mesh, fn, *args):
+    if context == "eager":
+        return fn(*args)
+    if context == "jit":
+        return jax.jit(fn)(*args)
+    with jax.set_mesh(mesh):
+        return jax.jit(fn)(*args) if context == "set_mesh+jit" else fn(*args)
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
+@pytest.mark.parametrize("loss", ["vocab_parallel_cross_entropy", "vocab_parallel_linear"])
+def test_grad_value_and_grad_hessian_work_in_every_context(loss, axis_type, context):
+    with jax.enable_x64(True):
+        x, w, _, y = _data()
+        x, y = x[:4], y[:4]
+        mesh = _mesh(4, axis_type)
+        w_s = jax.device_put(w, NamedSharding(mesh, P(None, "vocab")))
+        z = x @ w
+        if loss == "vocab_parallel_cross_entropy":
+
+            def vp(z):
+                return jsoftmax.vocab_parallel_cross_entropy(
+                    z, y, mesh=mesh, axis_name="vocab", **OPTS
+                )
+
+            def ref(z):
+                return jsoftmax.cross_entropy(z, y, **OPTS)
+
+            args, ref_args = (jax.device_put(z, NamedSharding(mesh, P(None, "vocab"))),), (z,)
+        else:
+
+            def vp(x, w):
+                return jsoftmax.vocab_parallel_linear_cross_entropy(
+                    x, w, y, mesh=mesh, axis_name="vocab", chunk_size=(3, 5), **OPTS
+                )
+
+            def ref(x, w):
+                return jsoftmax.cross_entropy(x @ w, y, **OPTS)
+
+            args, ref_args = (x, w_s), (x, w)
+        argnums = tuple(range(len(args)))
+
+        got = _in_context(context, mesh, jax.value_and_grad(vp, argnums), *args)
+        _close(got, jax.value_and_grad(ref, argnums)(*ref_args))
+        _close(_in_context(context, mesh, jax.grad(vp), *args), jax.grad(ref)(*ref_args))
+        if context == "eager" and axis_type == AxisType.Explicit:  # the probe's case (slow)
+            hess = _in_context(context, mesh, jax.hessian(vp), *args)
+            _close(hess, jax.hessian(ref)(*ref_args), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["vocab_parallel_cross_entropy", "vocab_parallel_linear"])
+def test_eager_grad_of_unplaced_inputs_on_an_explicit_mesh(loss):
+    # inputs that live on one device (not yet placed on the mesh) are placed by the loss
+    with jax.enable_x64(True):
+        x, w, _, y = _data()
+        mesh = _mesh(4)
+        if loss == "vocab_parallel_cross_entropy":
+            vp = functools.partial(
+                jsoftmax.vocab_parallel_cross_entropy,
+                labels=y,
+                mesh=mesh,
+                axis_name="vocab",
+                ignore_index=IGNORE,
+            )
+            got = jax.value_and_grad(lambda x, w: vp(x @ w), (0, 1))(x, w)
+        else:
+            got = jax.value_and_grad(
+                lambda x, w: jsoftmax.vocab_parallel_linear_cross_entropy(
+                    x, w, y, mesh=mesh, axis_name="vocab", ignore_index=IGNORE
+                ),
+                (0, 1),
+            )(x, w)
+        want = jax.value_and_grad(
+            lambda x, w: jsoftmax.cross_entropy(x @ w, y, ignore_index=IGNORE), (0, 1)
+        )(x, w)
+        _close(got, want)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "v"), [(jnp.int8, 200), (jnp.uint8, 304), (jnp.int16, 40000)], ids=str
+)
+def test_narrow_label_dtypes_do_not_wrap_on_a_mesh(dtype, v):
+    # Regression (probe bug 7): the class count was compared in the label dtype (200 → -56 in
+    # int8), so valid labels counted as out of range: NaN loss, OverflowError in the backward.
+    mesh = _mesh(4)
+    top = int(jnp.iinfo(dtype).max)
+    y = jnp.array([min(top, v - 1), 3, 0, 1], dtype)
+    x = jax.random.normal(jax.random.key(0), (4, 3))
+    w = jax.random.normal(jax.random.key(1), (3, v))
+    for vp, ref in [
+        (
+            lambda x, w, y: jsoftmax.vocab_parallel_cross_entropy(
+                x @ w, y, mesh=mesh, axis_name="vocab"
+            ),
+            lambda x, w, y: jsoftmax.cross_entropy(x @ w, y),
+        ),
+        (
+            lambda x, w, y: jsoftmax.vocab_parallel_linear_cross_entropy(
+                x, w, y, mesh=mesh, axis_name="vocab"
+            ),
+            lambda x, w, y: jsoftmax.linear_cross_entropy(x, w, y),
+        ),
+    ]:
+        got = jax.value_and_grad(vp)(x, w, y)
+        want = jax.value_and_grad(ref)(x, w, y.astype(jnp.int32))
+        assert np.isfinite(np.asarray(got[0]))
+        _close(got, want, rtol=2e-5, atol=1e-6)
+
+
+def test_large_logits_gradient_on_a_mesh():
+    # Regression (probe bug 2): p = exp(z − lse) with a rounded lse gave p = 1 instead of 0.5 at
+    # |z| = 3e7; the sharded rule uses the same saved (m, log Σ) pair as the one-device rule.
+    mesh = _mesh(2)
+    x = jnp.ones((1, 1))
+    w = jnp.array([[3e7, 3e7, 0.0, 0.0]])
+    y = jnp.array([2])
+    dw = jax.grad(
+        lambda w: jsoftmax.vocab_parallel_linear_cross_entropy(
+            x, w, y, mesh=mesh, axis_name="vocab"
+        )
+    )(w)
+    np.testing.assert_array_equal(np.asarray(dw), [[0.5, 0.5, -1.0, 0.0]])
+    dz = jax.grad(
+        lambda z: jsoftmax.vocab_parallel_cross_entropy(z, y, mesh=mesh, axis_name="vocab")
+    )(x @ w)
+    np.testing.assert_array_equal(np.asarray(dz), [[0.5, 0.5, -1.0, 0.0]])
+
+
+def test_eager_hessian_of_unplaced_inputs_on_an_explicit_mesh():
+    # inputs on one device, outside jit and set_mesh: JAX's own reshard fails under hessian
+    # there, so the loss places them inside a jit of its own
+    with jax.enable_x64(True):
+        mesh = _mesh(4)
+        z = jax.random.normal(jax.random.key(3), (2, 8), jnp.float64)
+        x, w = z[:, :3], jax.random.normal(jax.random.key(4), (3, 8), jnp.float64)
+        y = jnp.array([1, 6])
+        vp = functools.partial(jsoftmax.vocab_parallel_cross_entropy, mesh=mesh, axis_name="vocab")
+        got = jax.hessian(lambda z: vp(z, y, label_smoothing=0.1))(z)
+        _close(got, jax.hessian(lambda z: jsoftmax.cross_entropy(z, y, label_smoothing=0.1))(z))
+        vpl = functools.partial(
+            jsoftmax.vocab_parallel_linear_cross_entropy, mesh=mesh, axis_name="vocab"
+        )
+        got = jax.hessian(lambda w: vpl(x, w, y, z_loss=0.1))(w)
+        want = jax.hessian(lambda w: jsoftmax.cross_entropy(x @ w, y, z_loss=0.1))(w)
+        _close(got, want, rtol=1e-9, atol=1e-12)

@@ -52,7 +52,9 @@ def reference(x, where):
     zabs = np.where(np.isfinite(z), np.abs(z), 0.0)
     # |x - max| rounds with relative error eps/2, and float32(x) - float32(max) with eps/2 of
     # the result: both scale with |z|; the normaliser averages them with weights p
-    mean_z = np.sum(p * zabs, -1, keepdims=True)
+    # (a slice that is NaN by definition has no normaliser to average over: 0, not NaN, so the
+    # masked entries of such a slice still get a finite bound)
+    mean_z = np.sum(np.where(np.isnan(p), 0.0, p) * zabs, -1, keepdims=True)
     return p, logp, lse, zabs, mean_z
 
 

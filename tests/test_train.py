@@ -96,31 +96,213 @@ def leaves_equal(a, b) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+def bad(field, value, error, fragment, id=None):
+    """One row of BAD_VALUES, its id ``field=value`` unless given."""
+    return pytest.param(field, value, error, fragment, id=id or f"{field}={value!r}")
+
+
+# (field, bad value, exception, fragment of what the message says the field must be); every
+# field of Config has at least one row (test_every_config_field_has_a_bad_value_row)
+BAD_VALUES = [
+    bad("data", "cifar", ValueError, "'digits' or 'mnist'"),
+    bad("data", 1, TypeError, "'digits' or 'mnist'"),
+    bad("data_dir", 3, TypeError, "a folder path"),
+    bad("data_dir", b"/data", TypeError, "a folder path"),
+    bad("data_dir", "/da\0ta", ValueError, "without NUL characters", id="data_dir=NUL"),
+    bad("val_fraction", 0.0, ValueError, "in (0, 1)"),
+    bad("val_fraction", 1.0, ValueError, "in (0, 1)"),
+    bad("val_fraction", math.nan, ValueError, "finite"),
+    bad("val_fraction", "0.1", TypeError, "a number in (0, 1)"),
+    bad("val_fraction", True, TypeError, "a number in (0, 1)"),
+    bad("test_fraction", -0.1, ValueError, "in (0, 1)"),
+    bad("test_fraction", None, TypeError, "a number in (0, 1)"),
+    bad("split_seed", -1, ValueError, "a non-negative int"),
+    bad("split_seed", 0.5, TypeError, "a non-negative int"),
+    bad("split_seed", "0", TypeError, "a non-negative int"),
+    bad("hidden_sizes", 16, TypeError, "a tuple of positive ints"),
+    bad("hidden_sizes", "16", TypeError, "a tuple of positive ints"),
+    bad("hidden_sizes", (16, True), TypeError, "a tuple of positive ints"),
+    bad("hidden_sizes", (16, 2.0), TypeError, "a tuple of positive ints"),
+    bad("hidden_sizes", (16, 0), ValueError, "a tuple of positive ints"),
+    bad("activation", "tanh", ValueError, "one of ('relu', 'gelu')"),
+    bad("activation", None, TypeError, "one of ('relu', 'gelu')"),
+    bad("seed", -1, ValueError, "a non-negative int below 2**32"),
+    bad("seed", 2**32, ValueError, "a non-negative int below 2**32"),
+    bad("seed", 1.5, TypeError, "a non-negative int"),
+    bad("seed", "0", TypeError, "a non-negative int"),
+    bad("seed", True, TypeError, "a non-negative int"),
+    bad("optimizer", "lion", ValueError, "'adamw' or 'sgd'"),
+    bad("optimizer", 0, TypeError, "'adamw' or 'sgd'"),
+    bad("learning_rate", math.inf, ValueError, "finite"),
+    bad("learning_rate", -math.inf, ValueError, "finite"),
+    bad("learning_rate", math.nan, ValueError, "finite"),
+    bad("learning_rate", 0.0, ValueError, "> 0"),
+    bad("learning_rate", -1e-3, ValueError, "> 0"),
+    bad("learning_rate", "3e-3", TypeError, "a number > 0"),
+    bad("learning_rate", True, TypeError, "a number > 0"),
+    bad("warmup_epochs", -1.0, ValueError, "in [0, epochs=30]"),
+    bad("warmup_epochs", 31, ValueError, "in [0, epochs=30]"),
+    bad("warmup_epochs", math.inf, ValueError, "finite"),
+    bad("warmup_epochs", "1", TypeError, "a number in [0, epochs=30]"),
+    bad("momentum", 1.0, ValueError, "in [0, 1)"),
+    bad("momentum", -0.1, ValueError, "in [0, 1)"),
+    bad("momentum", 10**400, ValueError, "finite", id="momentum=10**400"),
+    bad("momentum", None, TypeError, "a number in [0, 1)"),
+    bad("weight_decay", -1.0, ValueError, ">= 0"),
+    bad("weight_decay", math.inf, ValueError, "finite"),
+    bad("weight_decay", "0", TypeError, "a number >= 0"),
+    bad("label_smoothing", 1.5, ValueError, "in [0, 1]"),
+    bad("label_smoothing", -0.1, ValueError, "in [0, 1]"),
+    bad("label_smoothing", np.float32("nan"), ValueError, "finite"),
+    bad("label_smoothing", "0.1", TypeError, "a number in [0, 1]"),
+    bad("batch_size", 0, ValueError, "a positive int"),
+    bad("batch_size", True, TypeError, "a positive int"),
+    bad("batch_size", 64.0, TypeError, "a positive int"),
+    bad("batch_size", "64", TypeError, "a positive int"),
+    bad("eval_batch_size", -1, ValueError, "a positive int"),
+    bad("eval_batch_size", 1.5, TypeError, "a positive int"),
+    bad("epochs", 0, ValueError, "a positive int"),
+    bad("epochs", 2.5, TypeError, "a positive int"),
+    bad("epochs", np.float64(3.0), TypeError, "a positive int"),
+    bad("output_dir", 1, TypeError, "a folder path"),
+    bad("output_dir", b"runs", TypeError, "a folder path"),
+    bad("keep_checkpoints", -1, ValueError, "a non-negative int"),
+    bad("keep_checkpoints", "3", TypeError, "a non-negative int"),
+    bad("keep_checkpoints", 1.5, TypeError, "a non-negative int"),
+    bad("keep_checkpoints", True, TypeError, "a non-negative int"),
+    bad("resume", 1, TypeError, "a checkpoint path"),
+    bad("resume", "ckpt\0.npz", ValueError, "without NUL characters", id="resume=NUL"),
+    bad("plot", 1, TypeError, "a bool"),
+    bad("plot", "no", TypeError, "a bool"),
+    bad("quiet", None, TypeError, "a bool"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "error", "fragment"), BAD_VALUES)
+def test_config_rejects_bad_field(field, value, error, fragment):
+    """Wrong types raise TypeError, wrong values ValueError; the message names the field."""
+    with pytest.raises(error) as info:
+        get_config(**{field: value})
+    message = str(info.value)
+    assert type(info.value) is error
+    assert message.startswith(f"Config.{field} must be "), message
+    assert fragment in message, message
+    assert f"; got {value!r}" in message, message  # and what it was given
+    if error is TypeError:
+        assert message.endswith(f"({type(value).__name__})"), message
+
+
+def test_every_config_field_has_a_bad_value_row():
+    covered = {row.values[0] for row in BAD_VALUES}
+    assert covered == {f.name for f in dataclasses.fields(Config)}
+    # a wrong type for every field, and a wrong value for every field that has a range
+    for field in covered:
+        errors = {row.values[2] for row in BAD_VALUES if row.values[0] == field}
+        assert errors == ({TypeError} if field in ("output_dir", "plot", "quiet") else
+                          {TypeError, ValueError}), field  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    ("overrides", "match"),
+    ("overrides", "field", "match"),
     [
-        ({"data": "cifar"}, "Config.data must be 'digits' or 'mnist'; got 'cifar'"),
-        ({"data": "mnist"}, "Config.data_dir must be the folder"),
-        ({"val_fraction": 0.0}, "Config.val_fraction must be in"),
-        ({"val_fraction": 0.5, "test_fraction": 0.5}, "Config.test_fraction must be < 1"),
-        ({"hidden_sizes": 16}, "Config.hidden_sizes must be a tuple of positive ints"),
-        ({"hidden_sizes": (16, True)}, "Config.hidden_sizes must be a tuple of positive ints"),
-        ({"hidden_sizes": (16, 0)}, "Config.hidden_sizes"),
-        ({"activation": "tanh"}, "Config.activation must be one of"),
-        ({"optimizer": "lion"}, "Config.optimizer must be 'adamw' or 'sgd'; got 'lion'"),
-        ({"learning_rate": 0.0}, "Config.learning_rate must be > 0; got 0.0"),
-        ({"warmup_epochs": 31}, r"Config.warmup_epochs must be in \[0, epochs=30\]"),
-        ({"momentum": 1.0}, "Config.momentum"),
-        ({"weight_decay": -1.0}, "Config.weight_decay"),
-        ({"label_smoothing": 1.5}, "Config.label_smoothing must be in"),
-        ({"batch_size": 0}, "Config.batch_size must be a positive int; got 0"),
-        ({"epochs": 2.5}, "Config.epochs must be a positive int; got 2.5"),
-        ({"keep_checkpoints": -1}, "Config.keep_checkpoints"),
+        ({"data": "mnist"}, "data_dir", "the folder holding the MNIST IDX files"),
+        ({"data": "mnist", "data_dir": ""}, "data_dir", "the folder holding the MNIST IDX"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "test_fraction", "< 1 - val_fraction"),
+        ({"warmup_epochs": 3, "epochs": 2}, "warmup_epochs", r"in \[0, epochs=2\]; got 3"),
+        ({"resume": "latest", "output_dir": ""}, "resume", "not 'latest', when output_dir"),
+        ({"resume": "latest", "output_dir": None}, "resume", "not 'latest', when output_dir"),
     ],
-)
-def test_config_rejects_bad_values(overrides, match):
-    with pytest.raises(ValueError, match=match):
+    ids=["mnist-no-data_dir", "mnist-empty-data_dir", "fractions-sum-to-1",
+         "warmup-longer-than-run", "latest-without-output_dir", "latest-with-None-output_dir"],
+)  # fmt: skip
+def test_config_rejects_inconsistent_fields(overrides, field, match):
+    with pytest.raises(ValueError, match=rf"^Config\.{field} must be .*{match}"):
         get_config(**overrides)
+
+
+def test_default_and_typical_configs_validate():
+    assert get_config() == Config()
+    typical = {
+        "data": "mnist", "data_dir": "/data/mnist", "val_fraction": 0.05, "split_seed": 1,
+        "hidden_sizes": (512, 128), "activation": "relu", "seed": 7, "optimizer": "sgd",
+        "learning_rate": 0.05, "warmup_epochs": 0, "momentum": 0.0, "weight_decay": 0,
+        "label_smoothing": 0.0, "batch_size": 128, "eval_batch_size": 1, "epochs": 10,
+        "output_dir": "runs/mnist", "keep_checkpoints": 0, "resume": "latest",
+        "plot": False, "quiet": True,
+    }  # fmt: skip
+    config = get_config(**typical)
+    assert {k: getattr(config, k) for k in typical} == typical  # stored as given
+    # the edges of every range are valid
+    get_config(warmup_epochs=30, label_smoothing=1.0, seed=2**32 - 1, hidden_sizes=(),
+               val_fraction=1e-3, test_fraction=0.99, output_dir="", resume="")  # fmt: skip
+    get_config(output_dir=None, resume="runs/x/checkpoints/epoch_0003.npz")
+
+
+def test_config_accepts_numpy_scalars_and_paths_as_plain_values():
+    config = get_config(
+        seed=np.int64(3), split_seed=np.uint32(2), batch_size=np.int32(32), epochs=np.int64(4),
+        learning_rate=np.float32(0.5), momentum=np.float64(0.5), warmup_epochs=np.int64(1),
+        hidden_sizes=[np.int64(16), 8], output_dir=Path("runs") / "x",
+        data_dir=Path("/data"), plot=np.bool_(False),
+    )  # fmt: skip
+    assert config == get_config(
+        seed=3, split_seed=2, batch_size=32, epochs=4, learning_rate=0.5, momentum=0.5,
+        warmup_epochs=1, hidden_sizes=(16, 8), output_dir=os.path.join("runs", "x"),
+        data_dir=os.fspath(Path("/data")), plot=False,
+    )  # fmt: skip
+    assert type(config.seed) is int and type(config.hidden_sizes[0]) is int
+    assert type(config.learning_rate) is float and type(config.plot) is bool
+    assert type(config.output_dir) is str
+    json.dumps(config.to_dict())  # still JSON-ready
+
+
+@pytest.mark.parametrize(
+    ("fractions", "message"),
+    [
+        ({"val_fraction": 0.0002}, "Config.val_fraction must leave at least one validation "
+         "example; got 0.0002, which splits the 1797 digits into 1438 train, 0 validation, "
+         "359 test"),
+        ({"test_fraction": 0.0002}, "Config.test_fraction must leave at least one test example; "
+         "got 0.0002, which splits the 1797 digits into 1617 train, 180 validation, 0 test"),
+        ({"val_fraction": 0.5003, "test_fraction": 0.4996}, "Config.val_fraction + "
+         "test_fraction must leave at least one training example; got 0.5003 + 0.4996, which "
+         "splits the 1797 digits into 0 train, 899 validation, 898 test"),
+    ],
+    ids=["empty-validation", "empty-test", "empty-train"],
+)  # fmt: skip
+def test_config_rejects_fractions_that_empty_a_digits_split(fractions, message):
+    with pytest.raises(ValueError) as info:
+        get_config(**fractions)
+    assert str(info.value) == message
+    # MNIST's size comes from its files: its loader checks its own split when it reads them
+    get_config(data="mnist", data_dir="/data", **fractions)
+
+
+@pytest.mark.parametrize(
+    ("val_fraction", "test_fraction"), [(0.1, 0.2), (0.0003, 0.5), (0.33, 0.0006), (0.5, 0.4994)]
+)
+def test_digits_split_sizes_match_the_loader(val_fraction, test_fraction):
+    """The sizes Config checks up front are the ones load_digits cuts (1,797 images)."""
+    from jsoftmax._data import load_digits
+    from jsoftmax.train import _digits_split_sizes
+
+    ds = load_digits(val_fraction=val_fraction, test_fraction=test_fraction)
+    assert _digits_split_sizes(val_fraction, test_fraction) == {
+        "train": len(ds.train), "validation": len(ds.val), "test": len(ds.test)
+    }  # fmt: skip
+
+
+def test_run_checks_files_before_loading_anything(tmp_path):
+    missing = tmp_path / "nope.npz"
+    with pytest.raises(FileNotFoundError, match=r"Config\.resume must name an existing checkpoint"):
+        train_and_evaluate(small_config(tmp_path, resume=str(missing)))
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(NotADirectoryError, match=r"Config\.output_dir must be a folder"):
+        train_and_evaluate(small_config(a_file))
+    with pytest.raises(TypeError, match="config must be a Config; got dict"):
+        train_and_evaluate(SMALL)  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_config_defaults_and_dict():
