@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from jsoftmax._xent_engine import XentOptions
+
 Axis = int | Sequence[int] | None
 
 # Half-precision inputs are computed in float32 and cast back; everything else in its own dtype.
@@ -170,3 +172,37 @@ def check_labels_in_range(labels, n_classes: int, ignore_index: int | None, fn: 
             f"{fn}: labels must be class indices in {allowed}; got {host[pos]} at position "
             f"{pos} of labels with shape {host.shape}"
         )
+
+
+def check_integer_labels(
+    labels: ArrayLike, shape: tuple[int, ...], what: str, fn: str
+) -> jax.Array:
+    """Integer labels of exactly ``shape`` (the token shape of ``what``), as an index dtype."""
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"{fn}: labels must be integer class indices; got dtype {labels.dtype}")
+    if labels.shape != tuple(shape):
+        raise ValueError(
+            f"{fn}: labels must have shape {tuple(shape)} to match {what}; got {labels.shape}"
+        )
+    return as_label_index(labels)  # int8 labels with 200 classes must not wrap
+
+
+def check_xent_options(*, fn: str, ignore_index, label_smoothing, z_loss, softcap, reduction):
+    """The cross-entropy options: ``(ignore_index, XentOptions, softcap, reduction)``."""
+    ignore_index = check_ignore_index(ignore_index, fn)
+    xent = XentOptions(
+        check_real(label_smoothing, "label_smoothing", fn, 0.0, 1.0),
+        check_real(z_loss, "z_loss", fn, 0.0),
+    )
+    if softcap is not None:
+        if isinstance(softcap, bool) or not isinstance(
+            softcap, (int, float, np.integer, np.floating)
+        ):
+            raise TypeError(f"{fn}: softcap must be a positive float or None; got {softcap!r}")
+        if not (float(softcap) > 0 and math.isfinite(float(softcap))):
+            raise ValueError(
+                f"{fn}: softcap must be a positive finite float or None; got {softcap}"
+            )
+        softcap = float(softcap)
+    return ignore_index, xent, softcap, check_reduction(reduction, fn)

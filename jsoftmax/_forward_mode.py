@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jsoftmax._checks import Axis, compute_dtype
-from jsoftmax._softmax import _log_softmax_impl, _logsumexp_impl, _prepare, _softmax_impl
+from jsoftmax._softmax import _log_softmax_impl, _logsumexp_impl, _lse, _prepare, _softmax_impl
 
 __all__ = ["log_softmax", "logsumexp", "softmax"]
 
@@ -159,7 +159,7 @@ def logsumexp(
 @partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _logsumexp(x, where, axes):
     m, log_s, _ = _logsumexp_impl(x, where, axes)
-    return (m + log_s).astype(x.dtype)
+    return _lse(m, log_s).astype(x.dtype)
 
 
 @_logsumexp.defjvp

@@ -35,15 +35,24 @@ from jax.typing import ArrayLike
 
 from jsoftmax._checks import (
     as_float_array,
-    as_label_index,
-    check_ignore_index,
+    check_integer_labels,
     check_labels_in_range,
-    check_real,
-    check_reduction,
+    check_xent_options,
     compute_dtype,
 )
+from jsoftmax._xent_engine import (
+    UniformWeightTerms,
+    XentOptions,
+    reduce_token_losses,
+    uniform_weight_terms,
+)
 
-__all__ = ["linear_cross_entropy"]
+__all__ = [
+    "ChunkedXentOptions",
+    "chunked_xent",
+    "linear_cross_entropy",
+    "prepare_linear_inputs",
+]
 
 # Automatic block size: at most 2**21 logits (8 MiB in float32) per block, vocabulary chunks of
 # up to 2048 columns. Large enough that each block's matmul runs at full speed, small enough that
@@ -53,15 +62,14 @@ _AUTO_BLOCK_ELEMENTS = 1 << 21
 _AUTO_VOCAB_CHUNK = 2048
 
 
-class _Options(NamedTuple):
+class ChunkedXentOptions(NamedTuple):
     """Static (hashable) options of the chunked kernel; a ``nondiff_argnums`` argument."""
 
     token_chunk: int
     vocab_chunk: int
     num_classes: int  # V over all shards: the label range and the smoothing denominator
     ignore_index: int | None
-    label_smoothing: float
-    z_loss: float
+    xent: XentOptions  # label smoothing and z-loss, as in every cross-entropy
     softcap: float | None
     reduction: str
     axis_name: str | None  # mesh axis the vocabulary is sharded over (inside shard_map), or None
@@ -98,44 +106,6 @@ def _check_chunk_size(chunk_size, n: int, v: int, fn: str) -> tuple[int, int]:
     tv = _auto_chunks(n, v)[1] if pair[1] is None else min(int(pair[1]), max(v, 1))
     tn = max(1, min(n, _AUTO_BLOCK_ELEMENTS // tv)) if pair[0] is None else int(pair[0])
     return max(1, min(tn, max(n, 1))), tv
-
-
-def check_options(
-    *,
-    fn: str,
-    ignore_index,
-    label_smoothing,
-    z_loss,
-    softcap,
-    reduction,
-) -> tuple[int | None, float, float, float | None, str]:
-    """Validate the loss options shared by the chunked and the sharded losses."""
-    ignore_index = check_ignore_index(ignore_index, fn)
-    eps = check_real(label_smoothing, "label_smoothing", fn, 0.0, 1.0)
-    zl = check_real(z_loss, "z_loss", fn, 0.0)
-    if softcap is not None:
-        if isinstance(softcap, bool) or not isinstance(
-            softcap, (int, float, np.integer, np.floating)
-        ):
-            raise TypeError(f"{fn}: softcap must be a positive float or None; got {softcap!r}")
-        if not (float(softcap) > 0 and math.isfinite(float(softcap))):
-            raise ValueError(
-                f"{fn}: softcap must be a positive finite float or None; got {softcap}"
-            )
-        softcap = float(softcap)
-    return ignore_index, eps, zl, softcap, check_reduction(reduction, fn)
-
-
-def check_labels(labels: ArrayLike, shape: tuple[int, ...], what: str, fn: str) -> jax.Array:
-    """Integer labels of exactly ``shape`` (the token shape of ``what``)."""
-    labels = jnp.asarray(labels)
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"{fn}: labels must be integer class indices; got dtype {labels.dtype}")
-    if labels.shape != tuple(shape):
-        raise ValueError(
-            f"{fn}: labels must have shape {tuple(shape)} to match {what}; got {labels.shape}"
-        )
-    return as_label_index(labels)  # int8 labels with 200 classes must not wrap
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +214,7 @@ def linear_cross_entropy(
     """
     fn = "linear_cross_entropy"
     token_shape = np.shape(x)[:-1]
-    x, w, bias, labels, opts = prepare(
+    x, w, bias, labels, opts = prepare_linear_inputs(
         x,
         w,
         labels,
@@ -260,10 +230,10 @@ def linear_cross_entropy(
         axis_name=None,
     )
     check_labels_in_range(labels, opts.num_classes, opts.ignore_index, fn)
-    return chunked_loss(x, w, bias, labels, opts, token_shape)
+    return chunked_xent(x, w, bias, labels, opts, token_shape)
 
 
-def prepare(
+def prepare_linear_inputs(
     x,
     w,
     labels,
@@ -304,8 +274,8 @@ def prepare(
         if bias.shape != (v,):
             raise ValueError(f"{fn}: bias must have shape [V] = ({v},); got {bias.shape}")
         arrays.append(bias)
-    labels = check_labels(labels, x.shape[:-1], f"x {x.shape} (labels = x.shape[:-1])", fn)
-    ignore_index, eps, zl, softcap, reduction = check_options(
+    labels = check_integer_labels(labels, x.shape[:-1], f"x {x.shape} (labels = x.shape[:-1])", fn)
+    ignore_index, xent, softcap, reduction = check_xent_options(
         fn=fn,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
@@ -319,11 +289,11 @@ def prepare(
     bias = None if bias is None else bias.astype(dtype)
     n = math.prod(x.shape[:-1])
     tn, tv = _check_chunk_size(chunk_size, n, v // num_shards, fn)
-    opts = _Options(tn, tv, v, ignore_index, eps, zl, softcap, reduction, axis_name)
+    opts = ChunkedXentOptions(tn, tv, v, ignore_index, xent, softcap, reduction, axis_name)
     return x.reshape(n, d), w, bias, labels.reshape(n), opts
 
 
-def chunked_loss(x, w, bias, labels, opts: _Options, token_shape: tuple[int, ...]):
+def chunked_xent(x, w, bias, labels, opts: ChunkedXentOptions, token_shape: tuple[int, ...]):
     """The loss of 2-D ``x [N, D]`` and 1-D ``labels [N]``; ``"none"`` gets ``token_shape``."""
     out = _lce(x, w, bias, labels, opts)
     return out.reshape(token_shape) if opts.reduction == "none" else out
@@ -363,14 +333,14 @@ def _block_logits(x_blk, w_blk, b_blk, softcap, cdt):
     return softcap * t, t  # t is kept for the derivative c·tanh'(s/c)/c = 1 − t²
 
 
-def _vocab_offset(opts: _Options, v_local: int):
+def _vocab_offset(opts: ChunkedXentOptions, v_local: int):
     """Global index of this shard's first class (0 on one device)."""
     if opts.axis_name is None:
         return 0
     return lax.axis_index(opts.axis_name) * v_local
 
 
-def _varying(tree, opts: _Options):
+def _varying(tree, opts: ChunkedXentOptions):
     """Mark loop-carry initial values as varying over the vocabulary shards (inside shard_map).
 
     The carries pick up shard-dependent values in the loop, and a loop's carry type, which
@@ -381,7 +351,7 @@ def _varying(tree, opts: _Options):
     return lax.pcast(tree, opts.axis_name, to="varying")
 
 
-def _token_stats(x, w, bias, labels, opts: _Options):
+def _token_stats(x, w, bias, labels, opts: ChunkedXentOptions):
     """Per-token ``(m, log_s, z_target, z_sum)`` over all classes (all shards), by blocks.
 
     ``lse = m + log_s``; the two are returned apart because the backward pass needs them apart
@@ -396,7 +366,7 @@ def _token_stats(x, w, bias, labels, opts: _Options):
     tn, tv = opts.token_chunk, min(opts.vocab_chunk, v_loc)
     nt, nv = -(-n // tn), -(-v_loc // tv)
     y_local = labels - _vocab_offset(opts, v_loc)  # this shard's column of each label
-    smooth = opts.label_smoothing > 0
+    smooth = opts.xent.label_smoothing > 0
     lowest = jnp.finfo(cdt).min
 
     def body(k, carry):
@@ -453,54 +423,31 @@ def _token_stats(x, w, bias, labels, opts: _Options):
     return m, jnp.log(s), zy, zs
 
 
-def _token_weights(labels, opts: _Options, cdt):
-    """``(valid, in_range, count)``: tokens not ignored, labels in range, and the mean divisor."""
-    valid = (
-        jnp.ones(labels.shape, bool) if opts.ignore_index is None else labels != opts.ignore_index
+def _token_terms(m, log_s, zy, zs, labels, opts: ChunkedXentOptions) -> UniformWeightTerms:
+    """The engine's per-token loss and gradient coefficients over all ``V`` classes."""
+    return uniform_weight_terms(
+        m,
+        log_s,
+        zy,
+        zs if opts.xent.label_smoothing > 0 else None,
+        labels,
+        num_classes=opts.num_classes,
+        ignore_index=opts.ignore_index,
+        options=opts.xent,
     )
-    in_range = (labels >= 0) & (labels < opts.num_classes)
-    # an all-ignored batch divides 0 by 1: loss 0, gradient 0
-    count = jnp.maximum(jnp.sum(valid, dtype=cdt), 1)
-    return valid, in_range, count
 
 
-def token_losses(m, log_s, zy, zs, labels, opts: _Options):
-    """Per-token loss from the statistics; 0 for ignored tokens, NaN for bad labels.
-
-    ``m`` is the shift, ``log_s = log Σ exp(z − m)``, ``zy`` the target logit and ``zs`` the
-    sum ``Σ_c (z_c − m)``: with ``lse = m + log_s``,
-    ``ℓ = (1 − ε)(lse − z_y) + ε (lse − z̄) = log_s + (1 − ε)(m − z_y) − (ε / V) zs``, written so
-    that no large ``lse`` is subtracted from a large logit (which would lose ``|z|·eps``).
-    """
-    eps, v = opts.label_smoothing, opts.num_classes
-    loss = log_s + (1 - eps) * (m - zy)
-    if eps > 0:
-        loss = loss - (eps / v) * zs
-    if opts.z_loss > 0:
-        lse = m + log_s
-        loss = loss + opts.z_loss * lse**2
-    valid, in_range, count = _token_weights(labels, opts, loss.dtype)
-    # an out-of-range label cannot raise under jit: its loss is NaN, never a finite wrong number
-    loss = jnp.where(in_range, loss, jnp.nan)
-    return jnp.where(valid, loss, 0), count
-
-
-def reduce_losses(loss, count, reduction: str):
-    if reduction == "sum":
-        return jnp.sum(loss)
-    if reduction == "mean":
-        return jnp.sum(loss) / count
-    return loss
-
-
-def _loss_value(x, w, bias, labels, opts: _Options):
+def _loss_value(x, w, bias, labels, opts: ChunkedXentOptions):
+    """``(loss, (m, log_s, divisor))``: the reduced loss and what the backward pass needs."""
     out_dtype = compute_dtype(x.dtype)  # float32 for half-precision inputs, as cross_entropy
     if x.shape[0] == 0:  # no tokens: nothing to chunk
-        loss = jnp.zeros((0,), compute_dtype(out_dtype))
-        return reduce_losses(loss, 1, opts.reduction).astype(out_dtype), (loss, loss)
+        loss = jnp.zeros((0,), out_dtype)
+        out, divisor = reduce_token_losses(loss, loss, opts.reduction)
+        return out, (loss, loss, divisor)
     m, log_s, zy, zs = _token_stats(x, w, bias, labels, opts)
-    loss, count = token_losses(m, log_s, zy, zs, labels, opts)
-    return reduce_losses(loss, count, opts.reduction).astype(out_dtype), (m, log_s)
+    terms = _token_terms(m, log_s, zy, zs, labels, opts)
+    out, divisor = reduce_token_losses(terms.loss, terms.omega, opts.reduction)
+    return out.astype(out_dtype), (m, log_s, divisor)
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,34 +461,32 @@ def _lce(x, w, bias, labels, opts):
 
 
 def _lce_fwd(x, w, bias, labels, opts):
-    out, (m, log_s) = _loss_value(x, w, bias, labels, opts)
+    out, (m, log_s, divisor) = _loss_value(x, w, bias, labels, opts)
     # residuals: the inputs and two floats per token (the shift m and log Σ exp(z − m), kept
-    # apart rather than summed to lse); the logits are recomputed in the backward pass
-    return out, (x, w, bias, labels, m, log_s)
+    # apart rather than summed to lse) and the mean's divisor; the logits are recomputed in
+    # the backward pass
+    return out, (x, w, bias, labels, m, log_s, divisor)
 
 
-def _lce_bwd(opts: _Options, res, g):
-    # With G_n the cotangent of ℓ_n (g, g / count or g_n by reduction; 0 if ignored, NaN for
-    # an out-of-range label), p = exp((z − m) − log_s), and per block:
-    #   z̄ = G ⊙ [p (1 + 2λ lse) − (1 − ε)·onehot(y) − ε/V] ⊙ (1 − t²)   (t² only with softcap)
+def _lce_bwd(opts: ChunkedXentOptions, res, g):
+    # With G_n the cotangent of ℓ_n (g, g / divisor or g_n by reduction), p = exp((z − m) −
+    # log_s) and the engine's per-token terms (coef = ω (1 + 2λ lse), a = (1 − ε) ω and
+    # share = ε ω / V; 0 for an ignored token, NaN for an out-of-range label), per block:
+    #   z̄ = G ⊙ [coef · p − a · onehot(y) − share] ⊙ (1 − t²)   (t² only with softcap)
     #   x̄ += z̄ wᵀ,   w̄ += xᵀ z̄,   b̄ += Σ_n z̄_n
     # and, with the vocabulary sharded, x̄ is summed over the shards.
-    x, w, bias, labels, m, log_s = res
+    x, w, bias, labels, m, log_s, divisor = res
     n, d = x.shape
     v_loc = w.shape[1]
     cdt = compute_dtype(x.dtype)
     if n == 0:
         zero_b = None if bias is None else jnp.zeros_like(bias)
         return jnp.zeros_like(x), jnp.zeros_like(w), zero_b, None
-    valid, in_range, count = _token_weights(labels, opts, cdt)
-    g = g.astype(cdt)
-    if opts.reduction == "mean":
-        g = g / count
-    gn = jnp.where(valid, jnp.broadcast_to(g, (n,)), 0)
-    gn = jnp.where(in_range | ~valid, gn, jnp.nan)  # bad labels: NaN gradients, like the loss
-    eps, v = opts.label_smoothing, opts.num_classes
-    # weight of p per token
-    a = gn * (1 + 2 * opts.z_loss * (m + log_s)) if opts.z_loss > 0 else gn
+    # the terms do not depend on the target logit or the logit sum: zeros stand in for them
+    zeros = jnp.zeros_like(m)
+    terms = _token_terms(m, log_s, zeros, zeros, labels, opts)
+    gn = jnp.broadcast_to(g.astype(cdt) / divisor, (n,))
+    smooth = opts.xent.label_smoothing > 0
     tn, tv = opts.token_chunk, min(opts.vocab_chunk, v_loc)
     nt, nv = -(-n // tn), -(-v_loc // tv)
     y_local = labels - _vocab_offset(opts, v_loc)
@@ -556,18 +501,17 @@ def _lce_bwd(opts: _Options, res, g):
         b_blk = None if bias is None else lax.dynamic_slice_in_dim(bias, col0, tv, 0)
         z, t = _block_logits(x_blk, w_blk, b_blk, opts.softcap, cdt)
         # rows already handled by the previous token block contribute nothing again
-        a_blk = jnp.where(new_rows, a[rows], 0)
         g_blk = jnp.where(new_rows, gn[rows], 0)
         # The softmax recomputed from the saved statistics (no max or sum needed again). The
         # shift and the log-sum stay apart: exp(z − lse) would round lse = m + log_s to the
         # precision of m first and lose |m|·eps in every p (p = 1 instead of 0.5 at |z| = 3e7).
         p = jnp.exp((z - m[rows][:, None]) - log_s[rows][:, None])
-        dz = a_blk[:, None] * p
-        if eps > 0:
-            dz = dz - g_blk[:, None] * (eps / v)
-        # the one-hot term: −(1 − ε) G_n at the label's column, if it lies in this block
+        dz = (g_blk * terms.coef[rows])[:, None] * p
+        if smooth:
+            dz = dz - (g_blk * terms.share[rows])[:, None]
+        # the one-hot term: −a G_n at the label's column, if it lies in this block
         onehot = (col0 + jnp.arange(tv))[None, :] == y_local[rows][:, None]
-        dz = dz - jnp.where(onehot, g_blk[:, None] * (1 - eps), 0)
+        dz = dz - jnp.where(onehot, (g_blk * terms.a[rows])[:, None], 0)
         if t is not None:
             dz = dz * (1 - t * t)  # d/ds [c tanh(s/c)] = 1 − tanh²(s/c)
         # columns already handled by the previous vocabulary block contribute nothing again

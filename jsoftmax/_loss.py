@@ -42,6 +42,16 @@ from jsoftmax._checks import (
     check_reduction,
     compute_dtype,
 )
+from jsoftmax._softmax import max_shifted
+from jsoftmax._xent_engine import (
+    TokenStats,
+    XentOptions,
+    integer_target,
+    poison,
+    reduce_token_losses,
+    token_loss,
+    xmul,
+)
 
 __all__ = [
     "cross_entropy",
@@ -200,10 +210,9 @@ def _broadcasts(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
 
 def _safe_labels(labels: jax.Array, n_classes: int, ok: jax.Array | None):
     """``(bad, y)``: which taking-part labels are out of range, and labels safe to index with."""
-    bad = (labels < 0) | (labels >= n_classes)
-    if ok is not None:
-        bad &= ok
-    return bad, jnp.where((labels < 0) | (labels >= n_classes), 0, labels)
+    out = (labels < 0) | (labels >= n_classes)
+    bad = out if ok is None else out & ok
+    return bad, jnp.where(out, 0, labels)
 
 
 def _example_weight(inp: _Inputs, cdt) -> jax.Array:
@@ -215,68 +224,159 @@ def _example_weight(inp: _Inputs, cdt) -> jax.Array:
     return omega if inp.ok is None else jnp.where(inp.ok, omega, 0)
 
 
-def _reduce(loss: jax.Array, inp: _Inputs, reduction: str) -> jax.Array:
-    if reduction == "none":
-        return loss
-    total = jnp.sum(loss)
-    if reduction == "sum":
-        return total
-    den = jnp.sum(_example_weight(inp, loss.dtype))
-    # No example contributes (every one ignored, masked, or of weight 0 with no smoothing
-    # mass): return 0, not 0/0, and so a zero gradient. Weights of the examples that do
-    # contribute summing to 0 divide by 0 (±inf or NaN, as in PyTorch): no finite wrong mean.
-    nothing = (den == 0) & jnp.all(loss == 0)
-    return total / jnp.where(nothing, jnp.ones_like(den), den)
-
-
 def _per_class(w: jax.Array, ndim: int) -> jax.Array:
     """A ``[C]`` vector viewed as ``[1, ..., 1, C]`` so it broadcasts without rank promotion."""
     return w.reshape((1,) * (ndim - 1) + w.shape)
 
 
-def _xmul(coef: jax.Array, x: jax.Array) -> jax.Array:
-    """``coef · x``, but 0 wherever ``coef == 0`` even if ``x`` is ±inf (0 · log 0 = 0)."""
-    return jnp.where(coef == 0, jnp.zeros_like(x), coef * x)
-
-
-# --------------------------------------------------------------------------------------------
-# The fused kernel
-# --------------------------------------------------------------------------------------------
-
-
-class _Config(NamedTuple):
-    """Static options of the kernel (hashable: it is a ``nondiff_argnums`` argument)."""
-
-    smoothing: float
-    z_loss: float
-
-
 def _shift(z: jax.Array, mask: jax.Array | None):
     """Per example: ``(z − m, exp(z − m), m, s)`` over the unmasked classes, compute dtype."""
-    x = z.astype(compute_dtype(z.dtype))
-    if mask is not None:
-        x = jnp.where(mask, x, -jnp.inf)  # masked classes take part as -inf: probability 0
-    # Starting the max at the lowest finite value (rather than selecting on a -inf max) keeps
-    # an all -inf row at a finite shift and lets XLA fuse the max with the exp-sum below.
-    m = jnp.max(x, -1, keepdims=True, initial=jnp.finfo(x.dtype).min)
-    xs = x - m  # subtract the row max so exp cannot overflow
+    xs, m = max_shifted(z.astype(compute_dtype(z.dtype)), (z.ndim - 1,), mask)
     e = jnp.exp(xs)
     return xs, e, m[..., 0], jnp.sum(e, -1)
 
 
-def _smoothing_share(cfg: _Config, ok, count, n_classes: int, shape, cdt):
+def _softmax_scale(coef: jax.Array, s: jax.Array) -> jax.Array:
+    """``coef / s``: the gradient's softmax term is ``coef · p = (coef / s) · exp(z − m)``.
+
+    ``s ≥ 1`` whenever the row has a finite live logit (its max contributes exp(0) = 1);
+    otherwise ``s = 0`` and ``e = 0``, and dividing by ``max(s, 1)`` keeps that row at 0 without
+    a select, which would split the fused reduce-exp-multiply in two.
+    """
+    return coef / jnp.maximum(s, 1)
+
+
+def _smoothing_share(eps: float, ok, count, n_classes: int, shape, cdt):
     """``ε / C_n`` for taking-part examples, 0 otherwise (``C_n``: unmasked classes)."""
-    share = cfg.smoothing / (n_classes if count is None else jnp.maximum(count, 1).astype(cdt))
+    share = eps / (n_classes if count is None else jnp.maximum(count, 1).astype(cdt))
     share = jnp.broadcast_to(jnp.asarray(share, cdt), shape)
     return share if ok is None else jnp.where(ok, share, 0)
 
 
-def _prob_target(cfg: _Config, labels, weight, ok, mask, count, cdt):
-    """``t_c = w_c ((1 − ε) p_c + ε / C_n)`` on unmasked classes of taking-part examples."""
+# --------------------------------------------------------------------------------------------
+# Integer labels: one fused rule
+# --------------------------------------------------------------------------------------------
+
+
+class _IntegerResiduals(NamedTuple):
+    """What the integer-label rule saves: one logits-sized array and per-example numbers."""
+
+    e_or_z: jax.Array  # exp(z − m) (same-precision logits) or z itself (half precision)
+    m: jax.Array | None  # the shift, to recompute e from z (half precision only)
+    labels: jax.Array  # int [...]
+    weight: jax.Array | None  # [C]
+    mask: jax.Array | None  # [..., C or 1]
+    r: jax.Array  # coef / s: the scale of e in the gradient (NaN for a bad label)
+    a: jax.Array  # the one-hot part of t
+    b: jax.Array | None  # the uniform part of t per unit class weight (with smoothing)
+
+
+def _integer_forward(opts: XentOptions, z, labels, weight, ok, mask, count):
+    """Per-example loss of integer labels and the rule's residuals."""
+    cdt = compute_dtype(z.dtype)
+    n_classes, eps = z.shape[-1], opts.label_smoothing
+    xs, e, m, s = _shift(z, mask)
+    log_s = jnp.log(s)  # log 0 = -inf for a row with no finite unmasked logit
+    bad, y = _safe_labels(labels, n_classes, ok)
+    omega = jnp.ones(labels.shape, cdt) if weight is None else weight[y]
+    if ok is not None:
+        omega = jnp.where(ok, omega, 0)
+    # z_y − m from a gather of one value per example (of the raw logit: a label on a masked
+    # class still scores its own logit, as in optax)
+    zy_s = jnp.take_along_axis(z, y[..., None], -1)[..., 0].astype(cdt) - m
+    if eps:
+        share = _smoothing_share(eps, ok, count, n_classes, labels.shape, cdt)
+        w = _per_class(jnp.ones((n_classes,), cdt) if weight is None else weight, z.ndim)
+        keep = w != 0 if mask is None else (w != 0) & mask
+        # Σ_c w_c (z_c − m) and W = Σ_c w_c over the live classes, where a zero weight or a
+        # masked class adds 0 even at -inf
+        wz_s = jnp.sum(jnp.where(keep, w * xs, 0), -1)
+        wtot = jnp.sum(jnp.where(keep, w, 0), -1)
+        target = integer_target(omega, zy_s, eps, share, wtot, wz_s)
+    else:
+        target = integer_target(omega, zy_s, eps)
+    loss, coef = token_loss(TokenStats(m, log_s, target.tsum, target.tz, omega), opts.z_loss)
+    loss, coef = poison(bad, loss, coef)
+    res = _IntegerResiduals(
+        # Saving e instead of z spares the backward pass a second exp per logit; half-precision
+        # logits save z (half the bytes of a float32 e) and recompute e.
+        e if z.dtype == e.dtype else z,
+        None if z.dtype == e.dtype else m,
+        labels,
+        weight,
+        mask,
+        _softmax_scale(coef, s),
+        target.a,
+        target.b,
+    )
+    return loss, res
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _xent_integer(opts, z, labels, weight, ok, mask, count):
+    return _integer_forward(opts, z, labels, weight, ok, mask, count)[0]
+
+
+def _xent_integer_fwd(opts, z, labels, weight, ok, mask, count):
+    # ok and count live on in a, b and r
+    return _integer_forward(opts, z, labels, weight, ok, mask, count)
+
+
+def _xent_integer_bwd(opts, res: _IntegerResiduals, g):
+    # loss_n = Σ_c t_nc (lse_n − z_nc) + ζ ω_n lse_n² with t_nc = a_n [c = y_n] + b_n w_c, so
+    # with p = softmax(z) = e / s:
+    #   ∂loss_n/∂z_nc = (Σ_c t_nc + 2 ζ ω_n lse_n) p_nc − t_nc = r_n e_nc − a_n [c = y_n] − b_n w_c
+    cdt = compute_dtype(res.e_or_z.dtype)
+    g = g.astype(cdt)
+    if res.m is None:
+        e = res.e_or_z
+    else:
+        xs = res.e_or_z.astype(cdt) - res.m[..., None]
+        e = jnp.exp(xs if res.mask is None else jnp.where(res.mask, xs, -jnp.inf))
+    dz = (g * res.r)[..., None] * e
+    if res.b is not None:
+        # the uniform part b · w_c on unmasked classes
+        u = (g * res.b)[..., None]
+        u = u if res.weight is None else u * _per_class(res.weight, u.ndim)
+        dz = dz - (u if res.mask is None else jnp.where(res.mask, u, 0))
+    # The one-hot part a · [c = y]: a scatter-add of one value per example into dz, in place,
+    # rather than an iota comparison over every logit. An index past the end (ignored or
+    # out-of-range labels, whose rows are 0 or NaN already) is dropped.
+    n_classes, labels = dz.shape[-1], res.labels
+    y = jnp.where((labels < 0) | (labels >= n_classes), n_classes, labels).reshape(-1)
+    rows = dz.reshape(-1, n_classes)
+    rows = rows.at[jnp.arange(rows.shape[0]), y].add(-(g * res.a).reshape(-1), mode="drop")
+    return rows.reshape(dz.shape).astype(res.e_or_z.dtype), None, None, None, None, None
+
+
+_xent_integer.defvjp(_xent_integer_fwd, _xent_integer_bwd)
+
+
+# --------------------------------------------------------------------------------------------
+# Probability labels: one fused rule, differentiable in the labels too
+# --------------------------------------------------------------------------------------------
+
+
+class _ProbabilityResiduals(NamedTuple):
+    """What the probability-label rule saves: the two inputs and per-example numbers."""
+
+    z: jax.Array  # the logits: the labels' gradient needs z itself, and e is recomputed
+    labels: jax.Array  # [..., C]
+    weight: jax.Array | None  # [C]
+    ok: jax.Array | None  # [...]
+    mask: jax.Array | None  # [..., C or 1]
+    count: jax.Array | None  # [...]: live classes (with a class mask)
+    m: jax.Array  # the shift
+    log_s: jax.Array  # log Σ_c exp(z_c − m)
+    r: jax.Array  # coef / s: the scale of e in the gradient
+
+
+def _probability_target(eps: float, labels, weight, ok, mask, count, cdt):
+    """``t_c = w_c ((1 − ε) q_c + ε / C_n)`` on unmasked classes of taking-part examples."""
     t = labels.astype(cdt)
-    if cfg.smoothing:
-        share = _smoothing_share(cfg, None, count, labels.shape[-1], labels.shape[:-1], cdt)
-        t = (1 - cfg.smoothing) * t + share[..., None]  # mix with the uniform distribution
+    if eps:
+        share = _smoothing_share(eps, None, count, labels.shape[-1], labels.shape[:-1], cdt)
+        t = (1 - eps) * t + share[..., None]  # mix with the uniform distribution
     if weight is not None:
         t = t * _per_class(weight, t.ndim)
     if mask is not None:
@@ -286,138 +386,61 @@ def _prob_target(cfg: _Config, labels, weight, ok, mask, count, cdt):
     return t
 
 
-class _Stats(NamedTuple):
-    """What the forward pass leaves for the backward pass, besides the inputs."""
-
-    e: jax.Array  # exp(z − m), logits-sized
-    m: jax.Array  # per example: the shift
-    log_s: jax.Array  # per example: log Σ_c exp(z_c − m)
-    r: jax.Array  # per example: (Σ_c t_c + 2 ζ ω lse) / s, the scale of e in the gradient
-    a: jax.Array | None  # per example: the one-hot part of t (integer labels)
-    b: jax.Array | None  # per example: the uniform part of t (integer labels, smoothing)
-
-
-def _forward(cfg: _Config, z, labels, weight, ok, mask, count) -> tuple[jax.Array, _Stats]:
-    """Per-example loss and the statistics the backward pass needs."""
+def _probability_forward(opts: XentOptions, z, labels, weight, ok, mask, count):
+    """Per-example loss of probability labels and the rule's residuals."""
     cdt = compute_dtype(z.dtype)
-    n_classes = z.shape[-1]
-    xs, e, m, s = _shift(z, mask)
+    xs, _, m, s = _shift(z, mask)
     log_s = jnp.log(s)  # log 0 = -inf for a row with no finite unmasked logit
-    lse = m + log_s
-    a = b = bad = None
-    if jnp.issubdtype(labels.dtype, jnp.integer):
-        bad, y = _safe_labels(labels, n_classes, ok)
-        omega = jnp.ones(labels.shape, cdt) if weight is None else weight[y]
-        if ok is not None:
-            omega = jnp.where(ok, omega, 0)
-        a = (1 - cfg.smoothing) * omega  # the one-hot part of t: a · [c = y]
-        # z_y − m from a gather of one value per example (of the raw logit: a label on a
-        # masked class still scores its own logit, as in optax)
-        zy_s = jnp.take_along_axis(z, y[..., None], -1)[..., 0].astype(cdt) - m
-        # a (lse − z_y) = a (log s − (z_y − m)): no cancellation between a large lse and z_y
-        loss = _xmul(a, log_s - zy_s)
-        tsum = a
-        if cfg.smoothing:
-            # the uniform part of t: b · w_c on unmasked classes, b = ε / C_n
-            b = _smoothing_share(cfg, ok, count, n_classes, labels.shape, cdt)
-            w = _per_class(jnp.ones((n_classes,), cdt) if weight is None else weight, z.ndim)
-            keep = w != 0 if mask is None else (w != 0) & mask
-            # Σ_c w_c (z_c − m), where a zero weight or a masked class adds 0 even at -inf
-            wsum_s = jnp.sum(jnp.where(keep, w * xs, 0), -1)
-            wtot = jnp.sum(jnp.where(keep, w, 0), -1)
-            # b Σ_c w_c (lse − z_c) = b (W log s − Σ_c w_c (z_c − m))
-            loss = loss + _xmul(b, wtot * log_s - wsum_s)
-            tsum = a + b * wtot
-        zw = omega
-    else:
-        t = _prob_target(cfg, labels, weight, ok, mask, count, cdt)
-        tsum = jnp.sum(t, -1)
-        # Σ_c t_c (lse − z_c) = Σt · log s − Σ_c t_c (z_c − m), with 0 · (−inf) taken as 0:
-        # an example with every class masked has Σt = 0 and log s = -inf and contributes 0
-        loss = _xmul(tsum, log_s) - jnp.sum(_xmul(t, xs), -1)
-        zw = jnp.ones(labels.shape[:-1], cdt) if ok is None else ok.astype(cdt)
-    coef = tsum
-    if cfg.z_loss:
-        # the PaLM z-loss ζ ω lse², weighted like the example; its gradient adds 2 ζ ω lse · p
-        loss = loss + cfg.z_loss * _xmul(zw, lse * lse)
-        coef = coef + 2 * cfg.z_loss * _xmul(zw, lse)
-    if bad is not None:
-        # an out-of-range label under jit: NaN loss and NaN gradient row, never a finite number
-        loss = jnp.where(bad, jnp.nan, loss)
-        coef = jnp.where(bad, jnp.nan, coef)
-    # softmax = e / s, so the gradient's softmax term is (coef / s) · e. s >= 1 whenever the row
-    # has a finite logit (its max contributes exp(0) = 1); otherwise s = 0 and e = 0, and
-    # dividing by max(s, 1) keeps that row at 0 without a select, which would split the fused
-    # reduce-exp-multiply in two.
-    r = coef / jnp.maximum(s, 1)
-    return loss, _Stats(e, m, log_s, r, a, b)
+    t = _probability_target(opts.label_smoothing, labels, weight, ok, mask, count, cdt)
+    omega = jnp.ones(labels.shape[:-1], cdt) if ok is None else ok.astype(cdt)
+    # Σ_c t_c (z_c − m), with 0 · (−inf) taken as 0 (a -inf logit with no target mass)
+    stats = TokenStats(m, log_s, jnp.sum(t, -1), jnp.sum(xmul(t, xs), -1), omega)
+    loss, coef = token_loss(stats, opts.z_loss)
+    res = _ProbabilityResiduals(
+        z, labels, weight, ok, mask, count, m, log_s, _softmax_scale(coef, s)
+    )
+    return loss, res
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _cross_entropy(cfg, z, labels, weight, ok, mask, count):
-    return _forward(cfg, z, labels, weight, ok, mask, count)[0]
+def _xent_probability(opts, z, labels, weight, ok, mask, count):
+    return _probability_forward(opts, z, labels, weight, ok, mask, count)[0]
 
 
-def _cross_entropy_fwd(cfg, z, labels, weight, ok, mask, count):
-    loss, st = _forward(cfg, z, labels, weight, ok, mask, count)
-    if jnp.issubdtype(labels.dtype, jnp.integer):
-        # Integer labels: the gradient is r·e − (one-hot and uniform parts), so saving e instead
-        # of z spares the backward pass a second exp per logit. Half-precision logits save z
-        # (half the bytes of a float32 e) and recompute e. ok and count live on in a, b and r.
-        if z.dtype == st.e.dtype:
-            return loss, (st.e, None, labels, weight, None, mask, None, None, st.r, st.a, st.b)
-        return loss, (z, st.m, labels, weight, None, mask, None, None, st.r, st.a, st.b)
-    # Probability labels: their gradient needs z itself, so z is saved and e recomputed.
-    return loss, (z, st.m, labels, weight, ok, mask, count, st.log_s, st.r, None, None)
+def _xent_probability_fwd(opts, z, labels, weight, ok, mask, count):
+    return _probability_forward(opts, z, labels, weight, ok, mask, count)
 
 
-def _cross_entropy_bwd(cfg, res, g):
+def _xent_probability_bwd(opts, res: _ProbabilityResiduals, g):
     # loss_n = Σ_c t_nc (lse_n − z_nc) + ζ ω_n lse_n², so with p = softmax(z) = e / s:
     #   ∂loss_n/∂z_nc = (Σ_c t_nc + 2 ζ ω_n lse_n) p_nc − t_nc = r_n e_nc − t_nc
-    #   ∂loss_n/∂l_nc = (1 − ε) w_c ok_n (lse_n − z_nc)  for probability labels l (0 if masked)
-    src, m, labels, weight, ok, mask, count, log_s, r, a, b = res
-    cdt = compute_dtype(src.dtype)
+    #   ∂loss_n/∂q_nc = (1 − ε) w_c ok_n (lse_n − z_nc)  for the labels q (0 if masked)
+    cdt = compute_dtype(res.z.dtype)
     g = g.astype(cdt)
-    if m is None:
-        e = src  # saved by the forward pass (src has the logits' dtype either way)
-    else:
-        xs = src.astype(cdt) - m[..., None]
-        # masked classes: e = 0 (xs itself stays finite: it also feeds the labels' gradient,
-        # whose own derivatives must not meet an infinity)
-        e = jnp.exp(xs if mask is None else jnp.where(mask, xs, -jnp.inf))
-    dz = (g * r)[..., None] * e
-    dlabels = None
-    if jnp.issubdtype(labels.dtype, jnp.integer):
-        if b is not None:
-            # the uniform part b · w_c on unmasked classes
-            u = (g * b)[..., None]
-            u = u if weight is None else u * _per_class(weight, u.ndim)
-            dz = dz - (u if mask is None else jnp.where(mask, u, 0))
-        # The one-hot part a · [c = y]: a scatter-add of one value per example into dz, in
-        # place, rather than an iota comparison over every logit. An index past the end
-        # (ignored or out-of-range labels, whose rows are 0 or NaN already) is dropped.
-        n_classes = dz.shape[-1]
-        y = jnp.where((labels < 0) | (labels >= n_classes), n_classes, labels).reshape(-1)
-        rows = dz.reshape(-1, n_classes)
-        rows = rows.at[jnp.arange(rows.shape[0]), y].add(-(g * a).reshape(-1), mode="drop")
-        dz = rows.reshape(dz.shape)
-    else:
-        dz = dz - g[..., None] * _prob_target(cfg, labels, weight, ok, mask, count, cdt)
-        live = jnp.ones(dz.shape, bool) if mask is None else mask
-        if ok is not None:
-            live = live & ok[..., None]
-        scale = ((1 - cfg.smoothing) * g)[..., None]
-        scale = scale if weight is None else scale * _per_class(weight, scale.ndim)
-        # lse − z = log s − (z − m)
-        dlabels = jnp.where(live, scale * (log_s[..., None] - xs), 0).astype(labels.dtype)
-    return dz.astype(src.dtype), dlabels, None, None, None, None
+    xs = res.z.astype(cdt) - res.m[..., None]
+    # masked classes: e = 0 (xs itself stays finite: it also feeds the labels' gradient, whose
+    # own derivatives must not meet an infinity)
+    e = jnp.exp(xs if res.mask is None else jnp.where(res.mask, xs, -jnp.inf))
+    t = _probability_target(
+        opts.label_smoothing, res.labels, res.weight, res.ok, res.mask, res.count, cdt
+    )
+    dz = (g * res.r)[..., None] * e - g[..., None] * t
+    live = jnp.ones(dz.shape, bool) if res.mask is None else res.mask
+    if res.ok is not None:
+        live = live & res.ok[..., None]
+    scale = ((1 - opts.label_smoothing) * g)[..., None]
+    scale = scale if res.weight is None else scale * _per_class(res.weight, scale.ndim)
+    # lse − z = log s − (z − m)
+    dq = jnp.where(live, scale * (res.log_s[..., None] - xs), 0).astype(res.labels.dtype)
+    return dz.astype(res.z.dtype), dq, None, None, None, None
 
 
-_cross_entropy.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
+_xent_probability.defvjp(_xent_probability_fwd, _xent_probability_bwd)
 
 
-def _ce_per_example(inp: _Inputs, cfg: _Config) -> jax.Array:
-    return _cross_entropy(cfg, inp.logits, inp.labels, inp.weight, inp.ok, inp.mask, inp.count)
+def _ce_per_example(inp: _Inputs, opts: XentOptions) -> jax.Array:
+    rule = _xent_integer if jnp.issubdtype(inp.labels.dtype, jnp.integer) else _xent_probability
+    return rule(opts, inp.logits, inp.labels, inp.weight, inp.ok, inp.mask, inp.count)
 
 
 # --------------------------------------------------------------------------------------------
@@ -538,13 +561,14 @@ def cross_entropy(
       :func:`softmax_cross_entropy`, :func:`jsoftmax.logsumexp`.
     """
     fn = "cross_entropy"
-    cfg = _Config(
+    opts = XentOptions(
         check_real(label_smoothing, "label_smoothing", fn, 0.0, 1.0),
         check_real(z_loss, "z_loss", fn, 0.0),
     )
     check_reduction(reduction, fn)
     inp = _prepare(logits, labels, axis, weight, ignore_index, where, fn)
-    return _reduce(_ce_per_example(inp, cfg), inp, reduction)
+    loss = _ce_per_example(inp, opts)
+    return reduce_token_losses(loss, _example_weight(inp, loss.dtype), reduction)[0]
 
 
 def nll_loss(
@@ -606,9 +630,9 @@ def nll_loss(
     bad, y = _safe_labels(inp.labels, lp.shape[-1], inp.ok)
     omega = _example_weight(inp, lp.dtype)
     # an out-of-range label multiplies by NaN, so both the loss and its gradient are NaN
-    omega = jnp.where(bad, jnp.nan, omega)
-    loss = -_xmul(omega, jnp.take_along_axis(lp, y[..., None], -1)[..., 0])
-    return _reduce(loss, inp, reduction)
+    (scale,) = poison(bad, omega)
+    loss = -xmul(scale, jnp.take_along_axis(lp, y[..., None], -1)[..., 0])
+    return reduce_token_losses(loss, omega, reduction)[0]
 
 
 def softmax_cross_entropy(
@@ -668,7 +692,7 @@ def softmax_cross_entropy(
             )
         labels = jnp.broadcast_to(labels, logits.shape)
     inp = _prepare(logits, labels, axis, None, None, where, fn)
-    return _ce_per_example(inp, _Config(0.0, 0.0)).astype(logits.dtype)
+    return _ce_per_example(inp, XentOptions()).astype(logits.dtype)
 
 
 def softmax_cross_entropy_with_integer_labels(
@@ -720,4 +744,4 @@ def softmax_cross_entropy_with_integer_labels(
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"{fn}: labels must be integer class indices; got dtype {labels.dtype}")
     inp = _prepare(logits, labels, axis, None, None, where, fn)
-    return _ce_per_example(inp, _Config(0.0, 0.0)).astype(logits.dtype)
+    return _ce_per_example(inp, XentOptions()).astype(logits.dtype)

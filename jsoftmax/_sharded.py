@@ -30,16 +30,15 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
-from jsoftmax._checks import as_float_array, check_labels_in_range, compute_dtype
-from jsoftmax._linear_xent import (
-    _Options,
-    check_labels,
-    check_options,
-    chunked_loss,
-    prepare,
-    reduce_losses,
-    token_losses,
+from jsoftmax._checks import (
+    as_float_array,
+    check_integer_labels,
+    check_labels_in_range,
+    check_xent_options,
+    compute_dtype,
 )
+from jsoftmax._linear_xent import ChunkedXentOptions, chunked_xent, prepare_linear_inputs
+from jsoftmax._xent_engine import reduce_token_losses, uniform_weight_terms
 
 __all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
 
@@ -80,7 +79,7 @@ def _auto_twin(mesh: Mesh) -> Mesh:
     return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
 
 
-def _run_sharded(kernel, opts: _Options, mesh: Mesh, specs, *arrays) -> jax.Array:
+def _run_sharded(kernel, opts: ChunkedXentOptions, mesh: Mesh, specs, *arrays) -> jax.Array:
     """``kernel(opts, *shards)`` on every device of ``mesh``; its result, replicated.
 
     On an ``Explicit`` mesh used outside ``jax.set_mesh`` the result would carry the mesh in its
@@ -102,7 +101,7 @@ def _run_sharded(kernel, opts: _Options, mesh: Mesh, specs, *arrays) -> jax.Arra
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _run_detached(kernel, opts: _Options, mesh: Mesh, specs, typed: bool, *arrays):
+def _run_detached(kernel, opts: ChunkedXentOptions, mesh: Mesh, specs, typed: bool, *arrays):
     """:func:`_run_sharded` on an ``Explicit`` mesh outside ``jax.set_mesh``, under ``jit``.
 
     Inputs with no mesh in their type go to a ``shard_map`` over the ``Auto`` twin of ``mesh``
@@ -121,31 +120,40 @@ def _run_detached(kernel, opts: _Options, mesh: Mesh, specs, typed: bool, *array
     return jax.device_put(out, NamedSharding(auto, P())) if typed else out
 
 
-def _vocab_parallel_xent_kernel(opts: _Options, z, y):
+def _vocab_parallel_xent_kernel(opts: ChunkedXentOptions, z, y):
     """Per-shard body of :func:`vocab_parallel_cross_entropy`: ``z [N, V / k]``, ``y [N]``."""
-    axis_name, eps = opts.axis_name, opts.label_smoothing
+    axis_name, eps = opts.axis_name, opts.xent.label_smoothing
     cdt = compute_dtype(z.dtype)
     z = z.astype(cdt)
     v_loc = z.shape[1]
     # the global row max, a constant shift (no gradient): exp(z − m) cannot overflow
     m = lax.pmax(lax.stop_gradient(jnp.max(z, axis=1)), axis_name)
     s = lax.psum(jnp.sum(jnp.exp(z - m[:, None]), axis=1), axis_name)
-    log_s = jnp.log(s)  # lse = m + log_s, kept apart (see token_losses)
     # the target logit from the one shard that holds the label's class (0 from the others)
     yl = y - lax.axis_index(axis_name) * v_loc
     mine = (yl >= 0) & (yl < v_loc)
     z_t = jnp.take_along_axis(z, jnp.clip(yl, 0, v_loc - 1)[:, None], axis=1)[:, 0]
     zy = lax.psum(jnp.where(mine, z_t, 0), axis_name)
     # Σ_c (z_c − m): relative to the shift, so the smoothing term has no cancellation
-    zs = lax.psum(jnp.sum(z - m[:, None], axis=1), axis_name) if eps > 0 else jnp.zeros_like(m)
-    loss, count = token_losses(m, log_s, zy, zs, y, opts)
-    return reduce_losses(loss, count, opts.reduction)
+    zs = lax.psum(jnp.sum(z - m[:, None], axis=1), axis_name) if eps > 0 else None
+    # the engine's per-token loss (autodiff through the collectives gives its gradient)
+    terms = uniform_weight_terms(
+        m,
+        jnp.log(s),
+        zy,
+        zs,
+        y,
+        num_classes=opts.num_classes,
+        ignore_index=opts.ignore_index,
+        options=opts.xent,
+    )
+    return reduce_token_losses(terms.loss, terms.omega, opts.reduction)[0]
 
 
-def _vocab_parallel_linear_xent_kernel(opts: _Options, x, w, *bias_and_labels):
+def _vocab_parallel_linear_xent_kernel(opts: ChunkedXentOptions, x, w, *bias_and_labels):
     """Per-shard body of :func:`vocab_parallel_linear_cross_entropy`: ``(b,) y`` last."""
     *bias, y = bias_and_labels
-    return chunked_loss(x, w, bias[0] if bias else None, y, opts, (x.shape[0],))
+    return chunked_xent(x, w, bias[0] if bias else None, y, opts, (x.shape[0],))
 
 
 def vocab_parallel_cross_entropy(
@@ -227,8 +235,8 @@ def vocab_parallel_cross_entropy(
     v = logits.shape[-1]
     if v == 0:
         raise ValueError(f"{fn}: logits must have at least one class; got shape {logits.shape}")
-    labels = check_labels(labels, logits.shape[:-1], f"logits {logits.shape}", fn)
-    ignore_index, eps, zl, _, reduction = check_options(
+    labels = check_integer_labels(labels, logits.shape[:-1], f"logits {logits.shape}", fn)
+    ignore_index, xent, _, reduction = check_xent_options(
         fn=fn,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
@@ -240,7 +248,7 @@ def vocab_parallel_cross_entropy(
     check_labels_in_range(labels, v, ignore_index, fn)
     token_shape = labels.shape
     n = math.prod(token_shape)
-    opts = _Options(max(n, 1), v // k, v, ignore_index, eps, zl, None, reduction, axis_name)
+    opts = ChunkedXentOptions(max(n, 1), v // k, v, ignore_index, xent, None, reduction, axis_name)
 
     specs = (P(None, axis_name), P())
     arrays = (logits.reshape(n, v), labels.reshape(n))
@@ -329,7 +337,7 @@ def vocab_parallel_linear_cross_entropy(
     k = 1
     if isinstance(mesh, Mesh) and axis_name in mesh.axis_names and v:
         k = int(mesh.shape[axis_name])
-    x, w, bias, labels, opts = prepare(
+    x, w, bias, labels, opts = prepare_linear_inputs(
         x,
         w,
         labels,
@@ -347,7 +355,7 @@ def vocab_parallel_linear_cross_entropy(
     _check_mesh(mesh, axis_name, w.shape[1], f"w {w.shape}", fn)
     check_labels_in_range(labels, opts.num_classes, opts.ignore_index, fn)
     if x.shape[0] == 0:  # nothing to shard: the local rule handles empty inputs
-        return chunked_loss(x, w, bias, labels, opts._replace(axis_name=None), token_shape)
+        return chunked_xent(x, w, bias, labels, opts._replace(axis_name=None), token_shape)
     if bias is None:
         specs, arrays = (P(), P(None, axis_name), P()), (x, w, labels)
     else:

@@ -29,7 +29,7 @@
 # small network; otherwise it uses the defaults of `jsoftmax.train.get_config()`.
 
 # %%
-# # !pip install "git+https://github.com/jsoftmax/jsoftmax"
+# # !pip install "jsoftmax[train] @ git+https://github.com/jsoftmax/jsoftmax"
 import os
 import tempfile
 import warnings
@@ -40,7 +40,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import jsoftmax
-from jsoftmax import _checkpoint, _data
 from jsoftmax.train import (
     get_config,
     init_train_state,
@@ -48,6 +47,8 @@ from jsoftmax.train import (
     mlp_apply,
     train_and_evaluate,
 )
+from jsoftmax.train.checkpoints import latest_checkpoint, load_checkpoint
+from jsoftmax.train.data import load_dataset
 
 SMALL = os.environ.get("JSOFTMAX_NB_SMALL") == "1"
 # the progress bar is off here (quiet=True); without ipywidgets tqdm.auto warns on import anyway
@@ -60,7 +61,8 @@ print(jax.devices())
 # `get_config(**overrides)` returns the default configuration with some fields replaced;
 # `train_and_evaluate(config)` trains, evaluates on the validation split after every epoch and
 # on the test split at the end, writes `metrics.json` and one checkpoint per epoch to
-# `output_dir`, and returns the metrics. Here the outputs go to a temporary folder.
+# `output_dir`, and returns a `TrainResult`: the metrics (`result.metrics`, what `metrics.json`
+# holds) and the final train state (`result.state`). Here the outputs go to a temporary folder.
 
 # %%
 workdir = tempfile.TemporaryDirectory()
@@ -75,7 +77,8 @@ print(
     f"{config.learning_rate}, batch {config.batch_size}, {config.epochs} epochs, "
     f"label smoothing {config.label_smoothing}"
 )
-metrics = train_and_evaluate(config)
+result = train_and_evaluate(config)
+metrics = result.metrics
 
 history = metrics["history"]
 print(f"\n{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>9} {'val acc':>8}")
@@ -117,13 +120,14 @@ plt.show()
 # %% [markdown]
 # ## Predictions on test digits
 #
-# The last checkpoint holds the final train state. Restoring it needs a *target* with the
-# state's structure, which `jax.eval_shape` gives without computing anything. The predicted
-# probabilities are `jsoftmax.softmax` of the network's logits; as a consistency check, their
-# arg-max accuracy must equal the test accuracy that `train_and_evaluate` reported.
+# The last checkpoint holds the final train state, bit for bit the `result.state` that
+# `train_and_evaluate` returned. Restoring it needs a *target* with the state's structure, which
+# `jax.eval_shape` gives without computing anything. The predicted probabilities are
+# `jsoftmax.softmax` of the network's logits; as a consistency check, their arg-max accuracy
+# must equal the test accuracy that `train_and_evaluate` reported.
 
 # %%
-ds = _data.load_dataset(
+ds = load_dataset(
     config.data,
     data_dir=config.data_dir,
     val_fraction=config.val_fraction,
@@ -133,9 +137,12 @@ ds = _data.load_dataset(
 sizes = (ds.num_features, *config.hidden_sizes, ds.num_classes)
 tx = make_optimizer(config, steps_per_epoch=1)  # the schedule does not change the structure
 target = jax.eval_shape(partial(init_train_state, sizes=sizes, tx=tx), jax.random.key(0))
-path = _checkpoint.latest_checkpoint(os.path.join(workdir.name, "checkpoints"))
-state, meta = _checkpoint.load_checkpoint(path, target)
+path = latest_checkpoint(os.path.join(workdir.name, "checkpoints"))
+state, meta = load_checkpoint(path, target)
 print(f"restored {os.path.basename(path)}: epoch {meta['epoch']}, step {meta['step']}")
+# the checkpoint holds bit for bit the state that train_and_evaluate returned
+for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(result.state), strict=True):
+    np.testing.assert_array_equal(a, np.asarray(b))
 
 
 @jax.jit

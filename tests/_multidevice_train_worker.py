@@ -22,6 +22,7 @@ def main(out_dir: str) -> None:
     from jax.sharding import NamedSharding, PartitionSpec
 
     from jsoftmax import train
+    from jsoftmax.train.sharding import padded_size, to_device
 
     assert jax.device_count() == 8, jax.devices()
     # batch 60 and eval batch 100 do not divide by 8: the 8-device run pads them to 64 and 104
@@ -43,13 +44,13 @@ def main(out_dir: str) -> None:
         out_shardings=NamedSharding(mesh, PartitionSpec()),
     )
     state = init(jax.random.key(0))
-    size = train._padded(config.batch_size, mesh.size)
+    size = padded_size(config.batch_size, mesh.size)
     host = {
         "x": np.ones((size, 64), np.float32),
         "y": np.zeros((size,), np.int32),
         "mask": np.arange(size) < config.batch_size,
     }
-    batch = train._to_device(host, NamedSharding(mesh, PartitionSpec("data")))
+    batch = to_device(host, NamedSharding(mesh, PartitionSpec("data")))
     state, metrics = train.train_step(state, batch, tx=tx)
     layout = {
         "batch_rows_per_shard": sorted({s.data.shape[0] for s in batch["x"].addressable_shards}),
@@ -61,9 +62,9 @@ def main(out_dir: str) -> None:
     runs = {}
     for name, devices in (("d1", jax.devices()[:1]), ("d8", jax.devices())):
         cfg = dataclasses.replace(config, output_dir=os.path.join(out_dir, name))
-        result = train.train_and_evaluate(cfg, devices=devices)
-        result.pop("timing")
-        runs[name] = result
+        metrics = train.train_and_evaluate(cfg, devices=devices).metrics
+        metrics.pop("timing")
+        runs[name] = metrics
     print(json.dumps({"runs": runs, "layout": layout}))
 
 

@@ -1,4 +1,4 @@
-"""Tests for the ``jsoftmax`` command line (jsoftmax/__main__.py)."""
+"""Tests for the ``jsoftmax`` command line (jsoftmax/__main__.py, jsoftmax/train/cli.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 
 from jsoftmax import __main__ as cli
 from jsoftmax.train import Config, get_config
+from jsoftmax.train.cli import parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--hidden-sizes", "8", "--epochs", "1", "--warmup-epochs", "0.5", "--batch-size", "256"]
@@ -21,7 +22,7 @@ FAST = ["--hidden-sizes", "8", "--epochs", "1", "--warmup-epochs", "0.5", "--bat
 
 def parse(argv: list[str]) -> Config:
     """The Config that ``jsoftmax train ARGV`` would run, without running it."""
-    return cli.parse_config(argv)
+    return parse_config(argv)
 
 
 def test_every_config_field_has_a_flag(capsys):
@@ -135,6 +136,71 @@ def test_resume_errors_exit_1(tmp_path, capsys):
     bad.write_bytes(b"garbage")
     assert cli.main([*argv[:-2], "--resume", str(bad), "--quiet"]) == 1
     assert "not a readable checkpoint" in capsys.readouterr().err
+
+
+EXTRA = 'pip install "jsoftmax[train]"'
+
+
+@pytest.mark.parametrize(
+    ("module", "package", "flags"),
+    [
+        ("sklearn", "scikit-learn", []),
+        ("tqdm", "tqdm", ["--data", "mnist", "--data-dir", "nowhere", "--no-plot"]),
+        ("matplotlib", "matplotlib", []),
+    ],
+)
+def test_missing_extra_is_one_line_and_exit_1(
+    module, package, flags, tmp_path, monkeypatch, capsys
+):
+    """A package of the ``train`` extra that is not installed: one line saying what to install."""
+    monkeypatch.setitem(sys.modules, module, None)  # as if it were not installed
+    out = tmp_path / "run"
+    assert cli.main(["train", *FAST, "--output-dir", str(out), *flags]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"jsoftmax train needs the training extra ({package} not installed): {EXTRA}\n"
+    )
+    assert not out.exists()  # checked before anything was loaded, compiled or written
+
+
+def test_matplotlib_is_needed_only_for_the_plot(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert cli.main(["train", *FAST, "--output-dir", str(tmp_path), "--no-plot", "--quiet"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert not (tmp_path / "metrics.png").exists()
+
+
+# The library without the train extra, in a fresh interpreter: importing jsoftmax, computing a
+# loss and importing jsoftmax.train load none of the extra's packages; with them blocked,
+# `jsoftmax train` prints one line and exits 1.
+_WITHOUT_EXTRA = """
+import sys
+import jax.numpy as jnp
+import jsoftmax
+import jsoftmax.train
+float(jsoftmax.cross_entropy(jnp.zeros((2, 3)), jnp.array([0, 2])))
+extra = ("sklearn", "tqdm", "matplotlib")
+assert not [m for m in sys.modules if m.split(".")[0] in extra], sorted(sys.modules)
+for m in extra:
+    sys.modules[m] = None
+from jsoftmax.__main__ import main
+sys.exit(main(["train"]))
+"""
+
+
+def test_without_the_train_extra(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTRA],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr == (
+        "jsoftmax train needs the training extra (scikit-learn, tqdm, matplotlib not installed): "
+        f"{EXTRA}\n"
+    )
+    assert list(tmp_path.iterdir()) == []  # no runs/digits
 
 
 @pytest.mark.parametrize(

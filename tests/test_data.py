@@ -1,17 +1,27 @@
-"""Tests for jsoftmax._data: the digits split and the MNIST IDX reader."""
+"""Tests for jsoftmax.train.data: the digits split, the MNIST IDX reader, host batches."""
 
 from __future__ import annotations
 
 import gzip
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits as sk_load_digits
 
-from jsoftmax import _data
-from jsoftmax._data import DataError, load_dataset, load_digits, load_mnist, read_idx
+from jsoftmax.train.data import (
+    MNIST_FILES,
+    DataError,
+    Split,
+    host_batches,
+    load_dataset,
+    load_digits,
+    load_mnist,
+    read_idx,
+)
+from jsoftmax.train.extras import MissingExtraError
 
 # --------------------------------------------------------------------------------------------
 # helpers: IDX files written by the tests themselves
@@ -47,7 +57,7 @@ def fake_mnist(folder, *, n_train=40, n_test=12, rows=4, cols=3, gz=(False, True
         "test_labels": rng.integers(0, 10, (n_test,), dtype=np.uint8),
     }
     for (role, a), zipped in zip(arrays.items(), gz, strict=True):
-        name = _data.MNIST_FILES[role] + (".gz" if zipped else "")
+        name = MNIST_FILES[role] + (".gz" if zipped else "")
         write(folder / name, idx_bytes(a))
     return arrays
 
@@ -118,6 +128,40 @@ def test_load_dataset_dispatch_and_errors(tmp_path):
         load_dataset("mnist")
     fake_mnist(tmp_path)
     assert load_dataset("mnist", data_dir=tmp_path).name == "mnist"
+
+
+def test_digits_without_scikit_learn_say_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if scikit-learn were not installed
+    with pytest.raises(MissingExtraError) as info:
+        load_digits()
+    assert str(info.value) == (
+        "jsoftmax train needs the training extra (scikit-learn not installed): "
+        'pip install "jsoftmax[train]"'
+    )
+    assert isinstance(info.value, ImportError)
+    fake_mnist(tmp_path)
+    assert load_dataset("mnist", data_dir=tmp_path).name == "mnist"  # MNIST needs no sklearn
+
+
+# --------------------------------------------------------------------------------------------
+# host batches
+# --------------------------------------------------------------------------------------------
+
+
+def test_host_batches_pad_and_mask_the_last_batch():
+    split = Split(x=np.arange(14, dtype=np.float32).reshape(7, 2), y=np.arange(7, dtype=np.int32))
+    order = np.array([6, 0, 5, 1, 4, 2, 3])
+    batches = list(host_batches(split, order, take=3, size=4))
+    assert len(batches) == 3
+    for b in batches:
+        assert b["x"].shape == (4, 2) and b["x"].dtype == np.float32
+        assert b["y"].dtype == np.int32 and b["mask"].dtype == np.bool_
+    np.testing.assert_array_equal([b["mask"].sum() for b in batches], [3, 3, 1])
+    seen = np.concatenate([b["y"][b["mask"]] for b in batches])
+    np.testing.assert_array_equal(seen, order)  # every example once, in the given order
+    for b in batches:  # padding rows are zeros
+        assert not b["x"][~b["mask"]].any() and not b["y"][~b["mask"]].any()
+    np.testing.assert_array_equal(batches[0]["x"][:3], split.x[[6, 0, 5]])
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,11 +263,11 @@ def test_load_mnist_plain_and_gzip_files(tmp_path):
     np.testing.assert_array_equal(again.val.x, ds.val.x)
 
 
-@pytest.mark.parametrize("role", list(_data.MNIST_FILES))
+@pytest.mark.parametrize("role", list(MNIST_FILES))
 def test_load_mnist_missing_file_names_it(tmp_path, role):
     fake_mnist(tmp_path, gz=(False, False, False, False))
-    (tmp_path / _data.MNIST_FILES[role]).unlink()
-    with pytest.raises(FileNotFoundError, match=_data.MNIST_FILES[role]):
+    (tmp_path / MNIST_FILES[role]).unlink()
+    with pytest.raises(FileNotFoundError, match=MNIST_FILES[role]):
         load_mnist(tmp_path)
 
 

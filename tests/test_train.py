@@ -1,4 +1,4 @@
-"""Tests for jsoftmax.train (model, loss, optimiser, steps, loop) and jsoftmax._checkpoint."""
+"""Tests for jsoftmax.train: config, model, loss, optimiser, steps, checkpoints and the loop."""
 
 from __future__ import annotations
 
@@ -21,21 +21,24 @@ import optax
 import pytest
 from jax.test_util import check_grads
 
-from jsoftmax import _checkpoint
-from jsoftmax._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from jsoftmax.train import (
     Config,
+    TrainResult,
     TrainState,
+    checkpoints,
     eval_step,
     get_config,
     init_mlp,
     init_train_state,
     loss_fn,
     make_optimizer,
+    make_train_step,
     mlp_apply,
     train_and_evaluate,
     train_step,
 )
+from jsoftmax.train.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from jsoftmax.train.model import he_init
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"hidden_sizes": (16,), "epochs": 2, "quiet": True, "keep_checkpoints": 0}
@@ -283,11 +286,11 @@ def test_config_rejects_fractions_that_empty_a_digits_split(fractions, message):
 )
 def test_digits_split_sizes_match_the_loader(val_fraction, test_fraction):
     """The sizes Config checks up front are the ones load_digits cuts (1,797 images)."""
-    from jsoftmax._data import load_digits
-    from jsoftmax.train import _digits_split_sizes
+    from jsoftmax.train.data import DIGITS_SIZE, load_digits, split_sizes
 
     ds = load_digits(val_fraction=val_fraction, test_fraction=test_fraction)
-    assert _digits_split_sizes(val_fraction, test_fraction) == {
+    assert len(ds.train) + len(ds.val) + len(ds.test) == DIGITS_SIZE
+    assert split_sizes(DIGITS_SIZE, val_fraction, test_fraction) == {
         "train": len(ds.train), "validation": len(ds.val), "test": len(ds.test)
     }  # fmt: skip
 
@@ -340,6 +343,28 @@ def test_init_mlp_shapes_and_he_scale():
     assert np.abs(w).max() <= 2 * math.sqrt(2 / 400) / 0.8796256610342398 + 1e-6
     assert leaves_equal(params, init_mlp(jax.random.key(0), sizes))
     assert not np.array_equal(params[0]["w"], init_mlp(jax.random.key(1), sizes)[0]["w"])
+    # each layer is JAX's variance-scaling initialiser drawn with its own split key
+    keys = jax.random.split(jax.random.key(0), 2)
+    for k, p in zip(keys, params, strict=True):
+        np.testing.assert_array_equal(p["w"], he_init(k, p["w"].shape, jnp.float32))
+
+
+@pytest.mark.parametrize(("fan_in", "fan_out"), [(64, 4096), (1024, 256)])
+def test_he_init_has_std_sqrt_2_over_fan_in(fan_in, fan_out):
+    """The variance-scaling initialiser: truncated normal, std sqrt(2 / fan_in), cut at 2 std.
+
+    2**18 draws: the sample std is within ~0.2 % of the true one (rel=1 % is five of those).
+    """
+    w = np.asarray(he_init(jax.random.key(3), (fan_in, fan_out), jnp.float32), np.float64)
+    std = math.sqrt(2 / fan_in)
+    assert w.std() == pytest.approx(std, rel=0.01)
+    assert abs(w.mean()) < 0.01 * std
+    # the truncation: at two standard deviations of the underlying normal, whose own std is
+    # 1.1368... times the truncated one; the tails beyond ~2 std of the result are populated
+    bound = 2 * std / 0.8796256610342398
+    assert np.abs(w).max() <= bound * (1 + 1e-6)
+    assert np.abs(w).max() > 0.99 * bound
+    assert np.mean(np.abs(w) > 2 * std) > 0.01
 
 
 @pytest.mark.parametrize("sizes", [(64,), (64, 0, 10), (64, 2.5), ()])
@@ -447,13 +472,10 @@ def test_schedule_warmup_then_cosine():
     assert lrs[0] == 0.0 and lrs[10] == pytest.approx(0.5) and lrs[40] == pytest.approx(0.0)
 
 
-def test_schedule_all_warmup_and_optimizer_reuse():
+def test_schedule_all_warmup():
     config = get_config(optimizer="sgd", momentum=0.0, weight_decay=0.0, learning_rate=0.5,
                         warmup_epochs=2.0, epochs=2)  # fmt: skip
     tx = make_optimizer(config, steps_per_epoch=10)
-    # equal settings give the very same object (train_step's static argument: no recompiles)
-    assert make_optimizer(dataclasses.replace(config, output_dir="elsewhere"), 10) is tx
-    assert make_optimizer(config, 11) is not tx
     params = {"w": jnp.zeros(())}
     state, update = tx.init(params), jax.jit(tx.update)
     for t in range(21):
@@ -515,6 +537,23 @@ def test_train_step_matches_plain_step_and_donates(optimizer):
     assert float(metrics["accuracy"]) == pytest.approx(correct / 7)
 
 
+def test_make_train_step_is_train_step_compiled_once():
+    """The step built for one optimiser: train_step's numbers, donation, one compilation."""
+    config = get_config(learning_rate=0.05, warmup_epochs=0.0, epochs=3)
+    tx = make_optimizer(config, steps_per_epoch=4)
+    step = make_train_step(tx, activation="relu", label_smoothing=0.1)
+    batches = [batch_of(seed, 12, n_masked=3) for seed in (20, 21, 22)]
+    ours, theirs = state_of(9, (8, 16, 5), tx), state_of(9, (8, 16, 5), tx)
+    for batch in batches:
+        old_leaf = ours.params[0]["w"]
+        ours, m = step(ours, batch)
+        assert old_leaf.is_deleted()  # the state was donated
+        theirs, m_ref = train_step(theirs, batch, tx=tx, activation="relu", label_smoothing=0.1)
+        assert leaves_equal(m, m_ref)
+    assert int(ours.step) == 3 and leaves_equal(ours, theirs)
+    assert step._cache_size() == 1  # one compilation for every call on batches of one shape
+
+
 def test_eval_step_counts_only_real_examples():
     params = params_of(11, (8, 5))
     batch = batch_of(12, 10, n_masked=6)
@@ -562,7 +601,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
         np.testing.assert_array_equal(
             jax.random.key_data(restored[name]), jax.random.key_data(tree[name])
         )
-    manifest = _checkpoint.read_manifest(path)
+    manifest = checkpoints.read_manifest(path)
     assert [e["path"] for e in manifest["leaves"]][:2] == ["['rbg']", "['rng']"]
 
 
@@ -638,13 +677,13 @@ def test_checkpoint_refuses_objects_and_keeps_old_file(tmp_path):
 
 def test_checkpoint_listing_and_pruning(tmp_path):
     for epoch in (3, 1, 12, 2):
-        save_checkpoint(_checkpoint.checkpoint_path(tmp_path, epoch), {"a": np.zeros(1)})
+        save_checkpoint(checkpoints.checkpoint_path(tmp_path, epoch), {"a": np.zeros(1)})
     (tmp_path / "notes.txt").write_text("not a checkpoint")
-    assert [e for e, _ in _checkpoint.list_checkpoints(tmp_path)] == [1, 2, 3, 12]
-    assert _checkpoint.latest_checkpoint(tmp_path).endswith("epoch_0012.npz")
-    _checkpoint.prune_checkpoints(tmp_path, keep=2)
-    assert [e for e, _ in _checkpoint.list_checkpoints(tmp_path)] == [3, 12]
-    assert _checkpoint.latest_checkpoint(tmp_path / "absent") is None
+    assert [e for e, _ in checkpoints.list_checkpoints(tmp_path)] == [1, 2, 3, 12]
+    assert checkpoints.latest_checkpoint(tmp_path).endswith("epoch_0012.npz")
+    checkpoints.prune_checkpoints(tmp_path, keep=2)
+    assert [e for e, _ in checkpoints.list_checkpoints(tmp_path)] == [3, 12]
+    assert checkpoints.latest_checkpoint(tmp_path / "absent") is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -658,8 +697,22 @@ def two_epochs(tmp_path_factory):
     return out, train_and_evaluate(small_config(out))
 
 
+def test_run_returns_the_metrics_and_the_final_state(two_epochs):
+    out, result = two_epochs
+    assert isinstance(result, TrainResult) and isinstance(result.state, TrainState)
+    metrics, state = result  # a NamedTuple: it unpacks too
+    assert metrics is result.metrics and int(state.step) == 2 * math.ceil(1258 / 64)
+    # the returned state is the final one: bitwise the last checkpoint
+    tx = make_optimizer(small_config(out), steps_per_epoch=20)
+    saved, _ = load_checkpoint(
+        out / "checkpoints" / "epoch_0002.npz", state_of(0, (64, 16, 10), tx)
+    )
+    assert leaves_equal(jax.device_get(state), saved)
+
+
 def test_run_writes_metrics_plot_and_checkpoints(two_epochs):
-    out, metrics = two_epochs
+    out, result = two_epochs
+    metrics = result.metrics
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     for h in metrics["history"]:
         assert 0.0 <= h["train_accuracy"] <= 1.0 and 0.0 <= h["val_accuracy"] <= 1.0
@@ -685,30 +738,25 @@ def test_run_writes_metrics_plot_and_checkpoints(two_epochs):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "epoch_0001.npz", "epoch_0002.npz",
     ]  # fmt: skip
-    meta = _checkpoint.read_manifest(out / "checkpoints" / "epoch_0002.npz")["metadata"]
+    meta = checkpoints.read_manifest(out / "checkpoints" / "epoch_0002.npz")["metadata"]
     assert meta["epoch"] == 2 and meta["history"] == metrics["history"]
     assert meta["step"] == 2 * math.ceil(1258 / 64)
 
 
 def test_same_seed_same_metrics(two_epochs, tmp_path):
-    out, first = two_epochs
-    second, state = train_and_evaluate(small_config(tmp_path, plot=False), return_state=True)
-    assert second["history"] == first["history"]  # exact, not approximate
-    assert second["test"] == first["test"]
-    # the returned state is the final one: bitwise the first run's last checkpoint
-    tx = make_optimizer(small_config(tmp_path), steps_per_epoch=20)
-    saved, _ = load_checkpoint(
-        out / "checkpoints" / "epoch_0002.npz", state_of(0, (64, 16, 10), tx)
-    )
-    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(saved.params), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _, first = two_epochs
+    second = train_and_evaluate(small_config(tmp_path, plot=False))
+    assert second.metrics["history"] == first.metrics["history"]  # exact, not approximate
+    assert second.metrics["test"] == first.metrics["test"]
+    assert leaves_equal(jax.device_get(second.state), jax.device_get(first.state))
 
 
 def test_resume_ends_at_bitwise_the_same_parameters(two_epochs, tmp_path):
-    out, full = two_epochs
+    out, result = two_epochs
+    full = result.metrics
     resumed = train_and_evaluate(
         small_config(tmp_path, resume=str(out / "checkpoints" / "epoch_0001.npz"))
-    )
+    ).metrics
     assert resumed["history"] == full["history"]
     assert resumed["test"] == full["test"]
     # only epoch 2 was trained again
@@ -726,7 +774,7 @@ def test_resume_latest_and_its_errors(two_epochs, tmp_path):
     with pytest.raises(FileNotFoundError, match="--resume latest: no checkpoint in"):
         train_and_evaluate(small_config(tmp_path, resume="latest"))
     shutil.copytree(out / "checkpoints", tmp_path / "checkpoints")
-    from jsoftmax.train import _resume_path
+    from jsoftmax.train.loop import _resume_path
 
     assert _resume_path(small_config(tmp_path, resume="latest")) == str(
         tmp_path / "checkpoints" / "epoch_0002.npz"
@@ -753,7 +801,7 @@ def test_mnist_from_idx_files(tmp_path):
     metrics = train_and_evaluate(
         small_config(tmp_path / "out", data="mnist", data_dir=str(data), epochs=1,
                      warmup_epochs=0.5, keep_checkpoints=1, plot=False, batch_size=16)
-    )  # fmt: skip
+    ).metrics  # fmt: skip
     assert metrics["dataset"] == {"name": "mnist", "train": 45, "val": 5, "test": 20,
                                   "features": 25}  # fmt: skip
     assert not (tmp_path / "out" / "metrics.png").exists()

@@ -1,4 +1,4 @@
-"""Datasets for the training example: scikit-learn's bundled digits, and MNIST from IDX files.
+"""The input pipeline: scikit-learn's bundled digits, MNIST from IDX files, and host batches.
 
 Both loaders return a :class:`Dataset` of NumPy arrays (``float32`` images flattened to
 ``[n, features]``, ``int32`` labels ``[n]``) split into train, validation and test sets. The
@@ -11,6 +11,11 @@ computed on the *training* split only, so no statistic leaks from validation or 
 
 Any problem with a data file is a :class:`DataError` (a ``ValueError``) or a
 ``FileNotFoundError`` whose message names the file.
+
+:func:`host_batches` cuts a split into fixed-size, zero-padded NumPy batches with a mask that
+marks the real examples, so every batch has the same shape and nothing recompiles.
+
+The digits need scikit-learn (the ``train`` extra), imported only by :func:`load_digits`.
 """
 
 from __future__ import annotations
@@ -20,22 +25,32 @@ import math
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from jsoftmax.train.extras import require
+
 __all__ = [
+    "DIGITS_SIZE",
     "MNIST_FILES",
     "DataError",
     "Dataset",
     "Split",
+    "host_batches",
     "load_dataset",
     "load_digits",
     "load_mnist",
     "read_idx",
+    "split_sizes",
 ]
 
 NUM_CLASSES = 10
+
+# Images in scikit-learn's bundled digits: a fixed size, so Config can check the split sizes of
+# its fractions up front, without scikit-learn (MNIST's size comes from its files).
+DIGITS_SIZE = 1797
 
 # IDX type codes (third byte of the magic number) -> big-endian NumPy dtype.
 _IDX_DTYPES = {
@@ -96,6 +111,18 @@ def _check_fraction(value: float, name: str) -> None:
         raise ValueError(f"{name} must be in the open interval (0, 1); got {value!r}")
 
 
+def split_sizes(n: int, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """The train, validation and test sizes that :func:`load_digits` cuts from ``n`` images.
+
+    Examples:
+      >>> split_sizes(DIGITS_SIZE, 0.1, 0.2)
+      {'train': 1258, 'validation': 180, 'test': 359}
+    """
+    n_test = round(n * test_fraction)
+    n_val = round(n * val_fraction)
+    return {"train": n - n_val - n_test, "validation": n_val, "test": n_test}
+
+
 def _standardise(splits: dict[str, tuple[np.ndarray, np.ndarray]], scale: float) -> dict:
     """Scale pixels by ``1/scale`` and standardise with the train split's scalar mean and std."""
     x_train = splits["train"][0].astype(np.float64) / scale
@@ -124,12 +151,16 @@ def load_digits(*, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: 
       A :class:`Dataset` with 64 features per image. With the defaults the splits hold 1,258,
       180 and 359 images.
 
+    Raises:
+      MissingExtraError: scikit-learn is not installed (``pip install "jsoftmax[train]"``).
+
     Examples:
-      >>> from jsoftmax._data import load_digits
+      >>> from jsoftmax.train.data import load_digits
       >>> ds = load_digits(seed=0)
       >>> len(ds.train), len(ds.val), len(ds.test), ds.num_features
       (1258, 180, 359, 64)
     """
+    require("sklearn")
     from sklearn.datasets import load_digits as _sk_load_digits
 
     _check_fraction(val_fraction, "val_fraction")
@@ -142,8 +173,8 @@ def load_digits(*, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: 
     x, y = _sk_load_digits(return_X_y=True)
     n = len(y)
     perm = np.random.default_rng(seed).permutation(n)
-    n_test = round(n * test_fraction)
-    n_val = round(n * val_fraction)
+    sizes = split_sizes(n, val_fraction, test_fraction)
+    n_test, n_val = sizes["test"], sizes["validation"]
     test_idx, val_idx, train_idx = np.split(perm, [n_test, n_test + n_val])
     splits = {
         "train": (x[train_idx], y[train_idx]),
@@ -334,3 +365,27 @@ def load_dataset(
             raise ValueError("data='mnist' needs data_dir: the folder holding the IDX files")
         return load_mnist(data_dir, val_fraction=val_fraction, seed=seed)
     raise ValueError(f"data must be 'digits' or 'mnist'; got {name!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# host batches
+# --------------------------------------------------------------------------------------------
+
+
+def host_batches(
+    split: Split, order: np.ndarray, take: int, size: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """NumPy batches of ``take`` examples of ``split`` in ``order``, zero-padded to ``size`` rows.
+
+    Each batch is ``{"x": [size, features] float32, "y": [size] int32, "mask": [size] bool}``,
+    ``mask`` true on the real examples. ``size >= take``; the last batch may hold fewer real
+    examples than ``take``.
+    """
+    for start in range(0, len(order), take):
+        idx = order[start : start + take]
+        n = len(idx)
+        x = np.zeros((size, split.x.shape[1]), np.float32)
+        y = np.zeros((size,), np.int32)
+        mask = np.zeros((size,), np.bool_)
+        x[:n], y[:n], mask[:n] = split.x[idx], split.y[idx], True
+        yield {"x": x, "y": y, "mask": mask}

@@ -1,4 +1,4 @@
-"""Checkpoints for the training example: one ``.npz`` file per epoch, no pickle.
+"""Checkpoints of the training demo: one ``.npz`` file per epoch, no pickle.
 
 Format (version 1). A checkpoint is an ordinary NumPy ``.npz`` archive holding
 
