@@ -61,6 +61,17 @@ __all__ = [
 _AUTO_BLOCK_ELEMENTS = 1 << 21
 _AUTO_VOCAB_CHUNK = 2048
 
+# Gradients in the forward pass: token blocks whose [tn, V] logits and their gradient (in the
+# compute dtype) fit in this many bytes; at V = 65536 in float32, 128 tokens.
+_FUSED_BLOCK_BYTES = 64 << 20
+
+
+def _fused_token_chunk(n: int, v_loc: int, cdt, requested: int | None) -> int:
+    """Token block of the gradients-in-forward path: ``requested``, or from the memory budget."""
+    if requested is None:
+        requested = _FUSED_BLOCK_BYTES // (2 * max(v_loc, 1) * jnp.dtype(cdt).itemsize)
+    return max(1, min(int(requested), max(n, 1)))
+
 
 class ChunkedXentOptions(NamedTuple):
     """Static (hashable) options of the chunked kernel; a ``nondiff_argnums`` argument."""
@@ -73,6 +84,9 @@ class ChunkedXentOptions(NamedTuple):
     softcap: float | None
     reduction: str
     axis_name: str | None  # mesh axis the vocabulary is sharded over (inside shard_map), or None
+    # token block of the gradients-in-forward path (see _fused_fwd), or None for the recompute
+    # path; only read when the loss is differentiated
+    fused_token_chunk: int | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,6 +139,7 @@ def linear_cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     reduction: str = "mean",
+    gradients_in_forward: bool | None = None,
 ) -> jax.Array:
     r"""Cross-entropy of the logits ``x @ w + bias``, computed in chunks without forming them.
 
@@ -139,24 +154,41 @@ def linear_cross_entropy(
     so :math:`\ell_n = \mathrm{lse}_n - (1-\varepsilon) z_{n y_n}
     - \tfrac{\varepsilon}{V}\sum_c z_{nc} + \lambda\,\mathrm{lse}_n^2`. Tokens whose label is
     ``ignore_index`` have :math:`\ell_n = 0`; ``"mean"`` divides :math:`\sum_n \ell_n` by the
-    number of tokens that are not ignored (0 if there are none). This is exactly
-    ``jsoftmax.cross_entropy(x @ w + bias, labels, ...)`` with the same options.
+    number of tokens that are not ignored (0 if there are none). This is
+    ``jsoftmax.cross_entropy(x @ w + bias, labels, ...)`` with the options the two share
+    (``ignore_index``, ``label_smoothing``, ``z_loss``, ``reduction``); ``cross_entropy`` adds
+    class ``weight``, probability labels, ``where`` masks and tuple ``axis``, which a
+    vocabulary-chunked kernel does not take, and only this function has ``softcap``.
 
-    The logits are formed one ``[token_chunk, vocab_chunk]`` block at a time: the forward pass
-    keeps a running maximum and a rescaled running sum of exponentials per token (an online
-    logsumexp); the ``custom_vjp`` saves only ``x``, ``w``, ``bias``, ``labels`` and two
-    numbers per token, the shift :math:`m_n` and :math:`\log \sum_c e^{z_{nc} - m_n}` (kept
-    apart, so that :math:`p` below never loses :math:`|m_n|\,\epsilon` to a rounded
-    :math:`\mathrm{lse}_n`); the backward pass recomputes each block's logits and accumulates
+    Without differentiation, the logits are formed one ``[token_chunk, vocab_chunk]`` block at
+    a time with an *online* logsumexp (a running maximum and a rescaled running sum of
+    exponentials per token), and peak memory is a few blocks instead of :math:`N V`. The
+    gradient is, with :math:`p_{nc} = e^{(z_{nc} - m_n) - \log \sum_{c'} e^{z_{nc'} - m_n}}`
+    (the shift :math:`m_n` and the log-sum kept apart, so :math:`p` never loses
+    :math:`|m_n|\,\epsilon` to a rounded :math:`\mathrm{lse}_n`),
 
     .. math::
         \frac{\partial \ell_n}{\partial z_{nc}} = p_{nc}\,(1 + 2\lambda\,\mathrm{lse}_n)
-        - (1-\varepsilon)\,[c = y_n] - \varepsilon / V, \qquad p_{nc} = e^{z_{nc} - \mathrm{lse}_n}
+        - (1-\varepsilon)\,[c = y_n] - \varepsilon / V
 
-    (times :math:`1 - (z_{nc}/c)^2` under soft-capping) into :math:`\bar x = \bar s\, w^\top`,
-    :math:`\bar w = x^\top \bar s` and :math:`\bar b = \sum_n \bar s_n`.
-    Peak memory is a few blocks instead of :math:`N V`; the price is one extra matmul (the
-    logits are computed twice).
+    (times :math:`1 - (z_{nc}/c)^2` under soft-capping), accumulated into
+    :math:`\bar x = \bar s\, w^\top`, :math:`\bar w = x^\top \bar s` and
+    :math:`\bar b = \sum_n \bar s_n` by one of two paths:
+
+    * **gradients in the forward pass** (the default for ``"mean"`` and ``"sum"``): the
+      ``custom_vjp`` forward rule walks blocks of ``tn`` tokens, forms each block's logits over
+      the whole vocabulary once, and computes the loss, ``dx``, ``dw`` and ``dbias`` for a unit
+      cotangent; it saves only those gradients and the backward pass scales them. Three
+      ``[N, D] × [D, V]``-sized matmuls in all. Memory: the ``[tn, V]`` logits and their
+      gradient (``tn`` from a 64 MiB budget: 128 tokens at ``V = 65536`` in float32, or the
+      token part of ``chunk_size``), plus ``dx`` and ``dw`` held from the forward to the
+      backward pass.
+    * **recompute** (``reduction="none"``, whose per-token cotangents are only known in the
+      backward pass, or ``gradients_in_forward=False``): the forward rule saves ``x``, ``w``,
+      ``bias``, ``labels`` and two numbers per token (the shift and the log-sum) and the mean's
+      divisor; the backward pass forms every ``[token_chunk, vocab_chunk]`` block of logits
+      again. Four matmuls, but no ``[D, V]`` buffer beyond the gradient itself and blocks
+      of at most 2M logits.
 
     Args:
       x: token features ``[..., D]`` (e.g. ``[N, D]`` or ``[batch, seq, D]``), floating point.
@@ -175,6 +207,9 @@ def linear_cross_entropy(
       softcap: :math:`c > 0` for logit soft-capping :math:`c \tanh(s/c)` (as in Gemma 2),
         applied before the loss in value and gradient; ``None`` for no capping.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+      gradients_in_forward: ``None`` (automatic: on for ``"mean"`` and ``"sum"``), ``True``
+        (``"none"`` raises ``ValueError``) or ``False`` to force the recompute path, e.g. when
+        ``w`` is so large that a second ``[D, V]`` buffer should not be held.
 
     Returns:
       A scalar for ``"mean"``/``"sum"``; the per-token losses of ``labels``' shape for
@@ -197,9 +232,11 @@ def linear_cross_entropy(
       (6, 4) (4, 10)
 
     Notes:
-      * Non-finite values in ``x``, ``w`` or ``bias`` (``inf`` or ``NaN``) make the affected
-        tokens' losses ``NaN`` (a ``+inf`` logit has no finite logsumexp); other tokens are
-        unaffected under ``reduction="none"``.
+      * A ``NaN`` or ``+inf`` logit (from non-finite values in ``x``, ``w`` or ``bias``) makes
+        the affected tokens' losses ``NaN``; other tokens are unaffected under
+        ``reduction="none"``. A ``-inf`` logit has probability 0, as in
+        :func:`jsoftmax.cross_entropy`: the loss stays finite unless the class has target mass
+        (the label's class, or any class with ``label_smoothing > 0``), where it is ``+inf``.
       * Out-of-range labels (not in ``[0, V)`` and not ``ignore_index``) raise ``ValueError``
         when ``labels`` is concrete; under ``jit`` they give a ``NaN`` loss for that token (and
         ``NaN`` gradients), never a finite wrong number.
@@ -225,6 +262,7 @@ def linear_cross_entropy(
         z_loss=z_loss,
         softcap=softcap,
         reduction=reduction,
+        gradients_in_forward=gradients_in_forward,
         fn=fn,
         num_shards=1,
         axis_name=None,
@@ -245,6 +283,7 @@ def prepare_linear_inputs(
     z_loss,
     softcap,
     reduction,
+    gradients_in_forward,
     fn: str,
     num_shards: int,
     axis_name: str | None,
@@ -289,7 +328,21 @@ def prepare_linear_inputs(
     bias = None if bias is None else bias.astype(dtype)
     n = math.prod(x.shape[:-1])
     tn, tv = _check_chunk_size(chunk_size, n, v // num_shards, fn)
-    opts = ChunkedXentOptions(tn, tv, v, ignore_index, xent, softcap, reduction, axis_name)
+    if gradients_in_forward is not None and not isinstance(gradients_in_forward, bool):
+        raise TypeError(
+            f"{fn}: gradients_in_forward must be True, False or None; got {gradients_in_forward!r}"
+        )
+    if gradients_in_forward and reduction == "none":
+        raise ValueError(
+            f"{fn}: gradients_in_forward=True needs reduction 'mean' or 'sum' (per-token "
+            "cotangents of reduction='none' are only known in the backward pass); got 'none'"
+        )
+    fused = None
+    if reduction != "none" and gradients_in_forward is not False and n > 0:
+        # an explicit token chunk sets the block of either path; the vocabulary is whole here
+        explicit = None if chunk_size is None or isinstance(chunk_size, int) else chunk_size[0]
+        fused = _fused_token_chunk(n, v // num_shards, compute_dtype(dtype), explicit)
+    opts = ChunkedXentOptions(tn, tv, v, ignore_index, xent, softcap, reduction, axis_name, fused)
     return x.reshape(n, d), w, bias, labels.reshape(n), opts
 
 
@@ -461,11 +514,109 @@ def _lce(x, w, bias, labels, opts):
 
 
 def _lce_fwd(x, w, bias, labels, opts):
+    if opts.fused_token_chunk is not None:
+        # residuals: the gradients for a unit cotangent, scaled in the backward pass
+        return _fused_value_and_grads(x, w, bias, labels, opts)
     out, (m, log_s, divisor) = _loss_value(x, w, bias, labels, opts)
     # residuals: the inputs and two floats per token (the shift m and log Σ exp(z − m), kept
     # apart rather than summed to lse) and the mean's divisor; the logits are recomputed in
     # the backward pass
     return out, (x, w, bias, labels, m, log_s, divisor)
+
+
+def _fused_value_and_grads(x, w, bias, labels, opts: ChunkedXentOptions):
+    """The reduced loss and ``(dx, dw, dbias)`` for a unit cotangent, in one pass over tokens.
+
+    Each block of ``tn`` tokens forms its logits over the whole (local) vocabulary once: their
+    logsumexp, the engine's per-token terms, ``z̄ = G (coef · p − a · onehot − share)`` (times
+    ``1 − t²`` under soft-capping), then ``x̄ = z̄ wᵀ`` and ``w̄ += xᵀ z̄``: three ``[N, D] ×
+    [D, V]``-sized matmuls in all, against four for the recompute path, which forms every
+    logit twice. ``G`` is 1 for ``"sum"`` and ``1 / Σω`` for ``"mean"`` (known from the labels
+    alone: ω is 1 for a token that is not ignored). With the vocabulary sharded, the per-token
+    statistics are combined with ``pmax``/``psum`` before ``z̄`` is formed, and ``x̄`` is summed
+    over the shards at the end.
+    """
+    n, d = x.shape
+    v_loc = w.shape[1]
+    cdt = compute_dtype(x.dtype)
+    tn = opts.fused_token_chunk
+    nt = -(-n // tn)
+    axis = opts.axis_name
+    smooth = opts.xent.label_smoothing > 0
+    y_local = labels - _vocab_offset(opts, v_loc)
+    cols = jnp.arange(v_loc)
+    valid = labels != opts.ignore_index if opts.ignore_index is not None else None
+    omega_sum = jnp.sum(valid, dtype=cdt) if valid is not None else jnp.asarray(n, cdt)
+    # "mean": nothing contributes exactly when every token is ignored (then the mean is 0)
+    scale = 1 / jnp.maximum(omega_sum, 1) if opts.reduction == "mean" else jnp.ones((), cdt)
+    mm_dtype = x.dtype  # the matmuls take the operands' dtype and accumulate in cdt
+
+    def body(i, carry):
+        total, dx, dw, db = carry
+        row_nominal = i * tn
+        row0 = jnp.minimum(row_nominal, n - tn)
+        # the last block is shifted back to end at the edge; rows it shares with the previous
+        # block were done there
+        new_rows = row0 + jnp.arange(tn) >= row_nominal
+        x_blk = lax.dynamic_slice_in_dim(x, row0, tn, 0)
+        y_blk = lax.dynamic_slice_in_dim(y_local, row0, tn, 0)
+        z, t = _block_logits(x_blk, w, bias, opts.softcap, cdt)
+        # the shift: the row max over every class (all shards), a constant
+        m = lax.stop_gradient(jnp.max(z, axis=1))
+        if axis is not None:
+            m = lax.pmax(m, axis)
+        xs = z - m[:, None]
+        e = jnp.exp(xs)
+        s = jnp.sum(e, axis=1)
+        onehot = cols[None, :] == y_blk[:, None]
+        zy = jnp.sum(jnp.where(onehot, z, 0), axis=1)
+        zs = jnp.sum(xs, axis=1) if smooth else None
+        if axis is not None:
+            s, zy = lax.psum(s, axis), lax.psum(zy, axis)
+            zs = lax.psum(zs, axis) if smooth else None
+        log_s = jnp.log(s)
+        labels_blk = lax.dynamic_slice_in_dim(labels, row0, tn, 0)
+        terms = uniform_weight_terms(
+            m,
+            log_s,
+            zy,
+            zs,
+            labels_blk,
+            num_classes=opts.num_classes,
+            ignore_index=opts.ignore_index,
+            options=opts.xent,
+        )
+        g = jnp.where(new_rows, scale, 0)
+        total = total + jnp.sum(jnp.where(new_rows, terms.loss, 0))
+        # z̄ = G (coef · p − a · onehot − share), with p = e / s kept in the block
+        dz = (g * terms.coef / s)[:, None] * e - jnp.where(onehot, (g * terms.a)[:, None], 0)
+        if smooth:
+            dz = dz - (g * terms.share)[:, None]
+        if t is not None:
+            dz = dz * (1 - t * t)  # d/ds [c tanh(s/c)] = 1 − tanh²(s/c)
+        dzm = dz.astype(mm_dtype)
+        dx_blk = lax.dot_general(dzm, w, (((1,), (1,)), ((), ())), preferred_element_type=cdt)
+        dw = dw + lax.dot_general(x_blk, dzm, (((0,), (0,)), ((), ())), preferred_element_type=cdt)
+        old = lax.dynamic_slice_in_dim(dx, row0, tn, 0)
+        dx = lax.dynamic_update_slice_in_dim(dx, jnp.where(new_rows[:, None], dx_blk, old), row0, 0)
+        if db is not None:
+            db = db + jnp.sum(dz, axis=0)
+        return total, dx, dw, db
+
+    grads = (
+        jnp.zeros((n, d), cdt),
+        jnp.zeros(w.shape, cdt),
+        None if bias is None else jnp.zeros(bias.shape, cdt),
+    )
+    # the loss total is the same on every shard (it is made of combined statistics); the
+    # gradient carries pick up shard-dependent values
+    init = (jnp.zeros((), cdt), *_varying(grads, opts))
+    total, dx, dw, db = lax.fori_loop(0, nt, body, init)
+    if axis is not None:
+        dx = lax.psum(dx, axis)  # each shard holds its classes' share of x̄
+    out = total / jnp.maximum(omega_sum, 1) if opts.reduction == "mean" else total
+    db = None if db is None else db.astype(bias.dtype)
+    return out.astype(cdt), (dx.astype(x.dtype), dw.astype(w.dtype), db)
 
 
 def _lce_bwd(opts: ChunkedXentOptions, res, g):
@@ -475,6 +626,11 @@ def _lce_bwd(opts: ChunkedXentOptions, res, g):
     #   z̄ = G ⊙ [coef · p − a · onehot(y) − share] ⊙ (1 − t²)   (t² only with softcap)
     #   x̄ += z̄ wᵀ,   w̄ += xᵀ z̄,   b̄ += Σ_n z̄_n
     # and, with the vocabulary sharded, x̄ is summed over the shards.
+    if opts.fused_token_chunk is not None:
+        # the gradients were formed in the forward pass for a unit cotangent: scale them
+        g = g.astype(compute_dtype(res[0].dtype))
+        dx, dw, db = (None if a is None else (g * a.astype(g.dtype)).astype(a.dtype) for a in res)
+        return dx, dw, db, None
     x, w, bias, labels, m, log_s, divisor = res
     n, d = x.shape
     v_loc = w.shape[1]

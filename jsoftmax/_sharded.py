@@ -270,6 +270,7 @@ def vocab_parallel_linear_cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     reduction: str = "mean",
+    gradients_in_forward: bool | None = None,
 ) -> jax.Array:
     r"""Chunked linear cross-entropy with ``w`` (and ``bias``) sharded over the vocabulary.
 
@@ -300,8 +301,13 @@ def vocab_parallel_linear_cross_entropy(
       bias: optional ``[V]`` bias, sharded as ``PartitionSpec(axis_name)``.
       chunk_size: as in :func:`jsoftmax.linear_cross_entropy`, applied to each shard's
         ``[D, V / k]`` (automatic: vocabulary chunks of ``min(V / k, 2048)``).
-      ignore_index, label_smoothing, z_loss, softcap, reduction: as in
-        :func:`jsoftmax.linear_cross_entropy`.
+      ignore_index, label_smoothing, z_loss, softcap, reduction, gradients_in_forward: as in
+        :func:`jsoftmax.linear_cross_entropy`. With gradients in the forward pass (the default
+        for ``"mean"`` and ``"sum"``), each shard forms its ``[tn, V / k]`` block of logits
+        once per token block; the per-token statistics are combined with ``pmax``/``psum``
+        before ``softmax − target`` is formed, and ``dw``/``dbias`` stay on their shards.
+        ``gradients_in_forward=False`` keeps the recompute path (the forward rule then holds
+        no ``[D, V / k]`` gradient buffer beside ``w``'s own).
 
     Returns:
       A scalar, or for ``"none"`` the per-token losses of ``labels``' shape, replicated; the
@@ -348,6 +354,7 @@ def vocab_parallel_linear_cross_entropy(
         z_loss=z_loss,
         softcap=softcap,
         reduction=reduction,
+        gradients_in_forward=gradients_in_forward,
         fn=fn,
         num_shards=k,
         axis_name=axis_name,

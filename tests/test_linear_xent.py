@@ -117,7 +117,12 @@ def _assert_close(a, b, **tol):
 # every option set meets a different chunking (remainders on one, both or no axes; one block;
 # chunks larger than the array) and half of them run without a bias
 CASES = [
-    pytest.param(opts.values[0], CHUNKS[i % len(CHUNKS)], i % 2 == 0, id=f"{opts.id}-{i}")
+    pytest.param(
+        opts.values[0],
+        CHUNKS[i % len(CHUNKS)],
+        i % 2 == 0,
+        id=f"{opts.id}-chunk={CHUNKS[i % len(CHUNKS)]}-{'bias' if i % 2 == 0 else 'no_bias'}",
+    )
     for i, opts in enumerate(OPTIONS)
 ]
 
@@ -195,7 +200,6 @@ def test_closed_form_gradient():
         _assert_close((dx, dw), (dz @ w.T, x.T @ dz), rtol=1e-11, atol=1e-13)
 
 
-@pytest.mark.skipif(not hasattr(jsoftmax, "cross_entropy"), reason="jsoftmax.cross_entropy n/a")
 @pytest.mark.parametrize("opts", [OPTIONS[0], OPTIONS[-2], OPTIONS[-1]])
 def test_matches_jsoftmax_cross_entropy(opts):
     with jax.enable_x64(True):
@@ -302,7 +306,7 @@ def test_checkpoint():
     _assert_close(g, g_ref, rtol=1e-5, atol=1e-7)
 
 
-def test_saves_only_the_inputs_and_two_numbers_per_token():
+def test_recompute_path_saves_only_the_inputs_and_two_numbers_per_token():
     # the residuals are x, w, bias (the arguments themselves), the labels, two floats per
     # token (the shift and the log-sum) and the mean's divisor: never a logits-sized array
     x, w, b, y = make(dtype=jnp.float32)
@@ -310,7 +314,7 @@ def test_saves_only_the_inputs_and_two_numbers_per_token():
     with contextlib.redirect_stdout(out):
         print_saved_residuals(
             lambda x, w, b: linear_cross_entropy(
-                x, w, y, bias=b, chunk_size=(4, 7), ignore_index=IGNORE
+                x, w, y, bias=b, chunk_size=(4, 7), ignore_index=IGNORE, gradients_in_forward=False
             ),
             x,
             w,
@@ -326,9 +330,79 @@ def test_saves_only_the_inputs_and_two_numbers_per_token():
     ), saved
 
 
-def test_jit_matches_eager_and_compiles_no_logits():
+def test_gradients_in_forward_path_saves_only_the_gradients():
+    # with reduction "mean" or "sum" the forward rule forms dx, dw and dbias (for a unit
+    # cotangent) and saves only them: the backward pass scales them by the cotangent
+    x, w, b, y = make(dtype=jnp.float32)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_saved_residuals(
+            lambda x, w, b: linear_cross_entropy(x, w, y, bias=b, ignore_index=IGNORE), x, w, b
+        )
+    saved = sorted(line.split()[0] for line in out.getvalue().strip().splitlines())
+    assert saved == sorted([f"f32[{N},{D}]", f"f32[{D},{V}]", f"f32[{V}]"]), out.getvalue()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("gradients_in_forward", [None, True, False], ids=["auto", "on", "off"])
+def test_gradients_in_forward_equals_recompute_and_reference(reduction, gradients_in_forward):
+    # every option at once, float64, against autodiff of the naive x @ w + bias cross-entropy;
+    # reduction "none" gets a non-uniform cotangent (the per-token path)
+    with jax.enable_x64(True):
+        x, w, b, y = make()
+        if gradients_in_forward and reduction == "none":
+            with pytest.raises(ValueError, match="gradients_in_forward=True needs reduction"):
+                linear_cross_entropy(x, w, y, reduction="none", gradients_in_forward=True)
+            return
+        opts = {"ignore_index": IGNORE, "label_smoothing": 0.2, "z_loss": 0.01}
+        cot = jnp.cos(jnp.arange(N, dtype=jnp.float64))
+
+        def scalar(out):
+            return jnp.vdot(out, cot) if reduction == "none" else out
+
+        def ours(x, w, b):
+            return scalar(
+                linear_cross_entropy(
+                    x,
+                    w,
+                    y,
+                    bias=b,
+                    softcap=4.0,
+                    chunk_size=(5, None),
+                    reduction=reduction,
+                    gradients_in_forward=gradients_in_forward,
+                    **opts,
+                )
+            )
+
+        def naive(x, w, b):
+            z = 4.0 * jnp.tanh((x @ w + b[None, :]) / 4.0)
+            return scalar(jsoftmax.cross_entropy(z, y, reduction=reduction, **opts))
+
+        _assert_close(
+            jax.value_and_grad(ours, (0, 1, 2))(x, w, b),
+            jax.value_and_grad(naive, (0, 1, 2))(x, w, b),
+            rtol=1e-10,
+            atol=1e-12,
+        )
+        # grad-of-grad through either forward rule
+        gg = jax.grad(lambda x: jnp.sum(jax.grad(ours, 1)(x, w, b) ** 2))(x)
+        _assert_close(gg, jax.grad(lambda x: jnp.sum(jax.grad(naive, 1)(x, w, b) ** 2))(x))
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "gradients_in_forward"),
+    [((128, 512), False), ((16, None), True)],
+    ids=["recompute", "gradients-in-forward"],
+)
+def test_jit_matches_eager_and_compiles_no_logits(chunk_size, gradients_in_forward):
     x, w, _b, y = make(n=512, d=8, v=4096, dtype=jnp.float32)
-    f = functools.partial(linear_cross_entropy, chunk_size=(128, 512), ignore_index=IGNORE)
+    f = functools.partial(
+        linear_cross_entropy,
+        chunk_size=chunk_size,
+        ignore_index=IGNORE,
+        gradients_in_forward=gradients_in_forward,
+    )
     g = jax.jit(jax.value_and_grad(f, (0, 1)))
     np.testing.assert_allclose(g(x, w, y)[0], f(x, w, y), rtol=1e-6)
     # compiled temp memory stays well below one [N, V] float32 logits array
@@ -357,12 +431,21 @@ def test_ignore_index_inside_range_is_ignored():
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_empty_tokens():
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_empty_tokens(reduction):
     x, w, _b, y = make(n=0, dtype=jnp.float32, n_ignored=0)
-    assert float(linear_cross_entropy(x, w, y)) == 0.0
-    assert linear_cross_entropy(x, w, y, reduction="none").shape == (0,)
-    dx, dw = jax.grad(linear_cross_entropy, (0, 1))(x, w, y, reduction="sum")
-    assert dx.shape == (0, D) and not np.any(np.asarray(dw))
+
+    def total(f):  # the value, and the gradient of its sum with respect to x and w
+        return jax.value_and_grad(lambda x, w: f(x, w, y, reduction=reduction).sum(), (0, 1))
+
+    out = linear_cross_entropy(x, w, y, reduction=reduction)
+    assert out.dtype == jnp.float32 and out.shape == (() if reduction != "none" else (0,))
+    np.testing.assert_array_equal(out, reference(x, w, y, reduction=reduction))
+    value, (dx, dw) = total(linear_cross_entropy)(x, w)
+    assert float(value) == 0.0  # no tokens: 0, not 0 / 0 = nan, for the mean too
+    assert dx.shape == (0, D) and dx.dtype == jnp.float32
+    np.testing.assert_array_equal(dw, np.zeros((D, V), np.float32))  # finite, and exactly 0
+    np.testing.assert_array_equal(dw, total(reference)(x, w)[1][1])
 
 
 def test_large_logits_stay_finite():
@@ -413,28 +496,38 @@ def _call(**over):
     return linear_cross_entropy(args["x"], args["w"], args["labels"], **kw)
 
 
+def _over_id(over):
+    """A test id for ``_call``'s overrides: ``w=float32[6,29]``, ``chunk_size=(4, -1)``."""
+    ((key, value),) = over.items()
+    if hasattr(value, "shape"):
+        value = f"{value.dtype}[{','.join(map(str, value.shape))}]"
+    return f"{key}={value}"
+
+
+BAD_INPUT = [
+    ({"w": jnp.ones((D + 1, V))}, ValueError, r"agree on D; got x \(13, 5\) and w \(6, 29\)"),
+    ({"w": jnp.ones((D,))}, ValueError, r"w must have shape \[D, V\]; got shape \(5,\)"),
+    ({"labels": jnp.zeros((N, 1), int)}, ValueError, r"shape \(13,\) to match.*\(13, 1\)"),
+    ({"labels": jnp.zeros((N,))}, TypeError, "labels must be integer.*got dtype float"),
+    ({"x": jnp.ones((N, D), int)}, TypeError, "x must have a floating-point dtype"),
+    ({"bias": jnp.ones((V + 1,))}, ValueError, r"bias must have shape \[V\] = \(29,\); got"),
+    ({"chunk_size": 0}, ValueError, "chunk_size must be positive; got 0"),
+    ({"chunk_size": (4, -1)}, ValueError, r"chunk_size must be positive; got \(4, -1\)"),
+    ({"chunk_size": 2.5}, TypeError, "chunk_size must be None, a positive int"),
+    ({"chunk_size": (1, 2, 3)}, TypeError, "chunk_size must be None"),
+    ({"softcap": -1.0}, ValueError, "softcap must be a positive finite.*got -1.0"),
+    ({"softcap": 0.0}, ValueError, "softcap must be a positive"),
+    ({"label_smoothing": 1.5}, ValueError, r"label_smoothing must be in \[0, 1\]; got 1.5"),
+    ({"z_loss": -0.1}, ValueError, "z_loss must be finite and >= 0; got -0.1"),
+    ({"reduction": "avg"}, ValueError, "reduction must be one of"),
+    ({"ignore_index": 1.0}, TypeError, "ignore_index must be an int or None"),
+    ({"w": jnp.ones((D, 0))}, ValueError, "at least one class"),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    ("over", "error", "match"),
-    [
-        ({"w": jnp.ones((D + 1, V))}, ValueError, r"agree on D; got x \(13, 5\) and w \(6, 29\)"),
-        ({"w": jnp.ones((D,))}, ValueError, r"w must have shape \[D, V\]; got shape \(5,\)"),
-        ({"labels": jnp.zeros((N, 1), int)}, ValueError, r"shape \(13,\) to match.*\(13, 1\)"),
-        ({"labels": jnp.zeros((N,))}, TypeError, "labels must be integer.*got dtype float"),
-        ({"x": jnp.ones((N, D), int)}, TypeError, "x must have a floating-point dtype"),
-        ({"bias": jnp.ones((V + 1,))}, ValueError, r"bias must have shape \[V\] = \(29,\); got"),
-        ({"chunk_size": 0}, ValueError, "chunk_size must be positive; got 0"),
-        ({"chunk_size": (4, -1)}, ValueError, r"chunk_size must be positive; got \(4, -1\)"),
-        ({"chunk_size": 2.5}, TypeError, "chunk_size must be None, a positive int"),
-        ({"chunk_size": (1, 2, 3)}, TypeError, "chunk_size must be None"),
-        ({"softcap": -1.0}, ValueError, "softcap must be a positive finite.*got -1.0"),
-        ({"softcap": 0.0}, ValueError, "softcap must be a positive"),
-        ({"label_smoothing": 1.5}, ValueError, r"label_smoothing must be in \[0, 1\]; got 1.5"),
-        ({"z_loss": -0.1}, ValueError, "z_loss must be finite and >= 0; got -0.1"),
-        ({"reduction": "avg"}, ValueError, "reduction must be one of"),
-        ({"ignore_index": 1.0}, TypeError, "ignore_index must be an int or None"),
-        ({"w": jnp.ones((D, 0))}, ValueError, "at least one class"),
-    ],
-)  # fmt: skip
+    ("over", "error", "match"), BAD_INPUT, ids=[_over_id(over) for over, _, _ in BAD_INPUT]
+)
 def test_bad_input(over, error, match):
     with pytest.raises(error, match=match):
         _call(**over)
