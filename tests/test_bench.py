@@ -1,50 +1,216 @@
 """The benchmark harness runs end to end and writes well-formed results (no timing asserted)."""
 
+import ast
 import json
+import re
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jsoftmax.bench import __main__ as bench
-from jsoftmax.bench._timing import compare
+from jsoftmax.bench import _timing, linear_xent, train_step
+from jsoftmax.bench._timing import Measurement, compare, comparison_row, result_row, skipped_row
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_compare_measures_every_function_interleaved():
-    calls = []
-
-    def f(x):
-        return x * 2.0
-
-    def g(x):
-        return jnp.sin(x)
-
-    res = compare({"f": f, "g": g}, (jnp.ones((8, 8)),), reps=5)
-    calls.extend(res)
-    assert sorted(calls) == ["f", "g"]
+def test_compare_measures_every_function():
+    res = compare({"f": lambda x: x * 2.0, "g": jnp.sin}, (jnp.ones((8, 8)),), reps=5)
+    assert sorted(res) == ["f", "g"]
     for m in res.values():
         assert m.reps >= 5 and m.median_s > 0 and m.compile_s > 0 and m.temp_bytes >= 0
+
+
+def test_compare_times_the_candidates_interleaved(monkeypatch):
+    calls = []
+
+    def compile_and_memory(fn, *args):  # instead of compiling: a callable that logs its calls
+        def compiled(*args):
+            calls.append(fn.__name__)
+            return fn(*args)
+
+        return compiled, 0.0, 0
+
+    def a(x):
+        return x
+
+    def b(x):
+        return x
+
+    def c(x):
+        return x
+
+    monkeypatch.setattr(_timing, "compile_and_memory", compile_and_memory)
+    res = compare({"a": a, "b": b, "c": c}, (np.ones(3),), reps=4, warmup=2)
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up, each function on its own
+    assert calls[6:] == ["a", "b", "c"] * 4  # timed: a, b, c, a, b, c, ...
+    assert {m.reps for m in res.values()} == {4}
+
+
+def test_every_row_has_the_fields_of_result_row():
+    ours = Measurement("jsoftmax", 0.002, 1.0, 10, 5)
+    base = Measurement("base", 0.004, 1.0, 20, 5)
+    rows = [
+        result_row("s", "op", [2, 3], "float32", ms=1.0),
+        comparison_row("s", "op", [2, 3], "float32", ours, base, "base", extra=1),
+        skipped_row("s", "op", "", "float32", "why"),
+    ]
+    for row in rows:
+        assert list(row)[:4] == ["suite", "op", "shape", "dtype"]
+    assert rows[1]["ratio"] == pytest.approx(0.5) and rows[1]["extra"] == 1
+    assert rows[2]["skipped"] == "why"
+    only_compiled = Measurement("jsoftmax", None, 1.0, 10, 0)
+    row = comparison_row("s", "op", [2], "float32", only_compiled, base, "base")
+    assert row["ratio"] is None and row["jsoftmax_ms"] is None
+
+
+def _private_uses(source: str) -> list[str]:
+    """Private names ``source`` imports from jsoftmax (not its bench) or reads as attributes."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom | ast.Import):
+            base = f"{node.module}." if isinstance(node, ast.ImportFrom) and node.module else ""
+            for alias in node.names:
+                name = base + alias.name
+                parts = name.split(".")
+                if parts[0] == "jsoftmax" and parts[:2] != ["jsoftmax", "bench"]:
+                    found += [name] if any(p.startswith("_") for p in parts) else []
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            if not node.attr.startswith("__") and isinstance(node.value, ast.Name):
+                found += [f"{node.value.id}.{node.attr}"] if node.value.id != "self" else []
+    return found
+
+
+def test_benchmarks_use_public_jsoftmax_names_only():
+    old = "from jsoftmax._linear_xent import f\nfrom jsoftmax import train\ntrain._impl\n"
+    assert _private_uses(old) == ["jsoftmax._linear_xent.f", "train._impl"]
+    for path in (ROOT / "jsoftmax" / "bench").glob("*.py"):
+        assert _private_uses(path.read_text()) == [], path.name
 
 
 def test_quick_run_writes_json_markdown_and_chart(tmp_path, capsys):
     assert bench.main(["--quick", "--suites", "core,bandwidth", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "results-cpu-float32-quick.json").read_text())
-    assert data["environment"]["jax"] == jax.__version__
+    assert data["environment"]["jax"] == jax.__version__ and data["quick"] is True
     rows = data["rows"]
-    core = [r for r in rows if r["suite"] == "core"]
-    assert {r["op"] for r in core} == {
+    core_rows = [r for r in rows if r["suite"] == "core"]
+    assert {r["op"] for r in core_rows} == {
         "softmax forward",
         "softmax value_and_grad",
         "log_softmax forward",
         "log_softmax value_and_grad",
     }
-    for r in core:
+    for r in core_rows:
         assert r["ratio"] == pytest.approx(r["jsoftmax_ms"] / r["baseline_ms"])
         assert r["baseline"] == "jax.nn"
-    assert all(0 < r["fraction_of_copy"] for r in rows if r["suite"] == "bandwidth")
+    bandwidth = [r for r in rows if r["suite"] == "bandwidth"]
+    assert all(0 < r["fraction_of_copy"] for r in bandwidth)
+    # a quick run's copy rate (a 4 MiB array, in cache) must not pass for a full run's
+    assert {r["copy_measured_on"] for r in bandwidth} == {
+        "x + 1 on 256×4096 float32 (4 MiB), quick run"
+    }
     md = (tmp_path / "results-cpu-float32-quick.md").read_text()
-    assert md.count("| core |") == len(core)
+    assert md.count("| core |") == len(core_rows) and "Quick run" in md
+    assert "4 MiB), quick run |" in md
     assert (tmp_path / "results-cpu-float32-quick.png").stat().st_size > 1000
+
+
+def _rows():
+    """One row of each kind, as the suites build them (no timing)."""
+    m = Measurement("m", 0.001, 0.5, 2**20, 3)
+    return [
+        comparison_row("core", "softmax forward", [4, 8], "float32", m, m, "jax.nn"),
+        result_row(
+            "bandwidth",
+            "softmax forward",
+            [4, 8],
+            "float32",
+            ms=1.0,
+            bytes=256,
+            gb_per_s=1.0,
+            copy_gb_per_s=2.0,
+            fraction_of_copy=0.5,
+            copy_measured_on="x + 1 on 4×8 float32 (0.0001 MiB), quick run",
+        ),
+        result_row("torch", "softmax forward", [4, 8], "float32", torch_ms=1.0, torch_version="2"),
+        skipped_row("torch", "every PyTorch row", "", "float32", "torch not installed"),
+    ]
+
+
+@pytest.fixture
+def canned_suite(monkeypatch):
+    """The ``core`` suite returns :func:`_rows` without measuring anything."""
+    monkeypatch.setitem(bench.SUITES, "core", lambda quick, dtype: _rows())
+
+
+def test_default_output_is_not_the_committed_results(canned_suite, tmp_path, monkeypatch):
+    # the files BENCHMARKS.md links to are the committed results
+    linked = set(re.findall(r"\b(benchmarks/[\w./-]+\.\w+)", (ROOT / "BENCHMARKS.md").read_text()))
+    assert linked and all((ROOT / p).exists() for p in linked)
+    default = ROOT / bench.DEFAULT_OUT
+    assert bench.DEFAULT_OUT == Path("runs/bench")
+    assert not any(default in (ROOT / p).parents for p in linked)
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--suites", "core"]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs" / "bench").iterdir()) == [
+        "results-cpu-float32.json",
+        "results-cpu-float32.md",
+        "results-cpu-float32.png",
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"]  # nothing in ./benchmarks
+
+
+def test_console_table_has_headers_with_units(canned_suite, tmp_path, capsys):
+    assert bench.main(["--suites", "core", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    headers = [ln for ln in out.splitlines() if ln.startswith("suite ")]
+    assert len(headers) == 4  # one a kind of row: comparison, bandwidth, torch, skipped
+    assert "jsoftmax (ms)" in headers[0] and "baseline temp (MiB)" in headers[0]
+    assert "achieved (GB/s)" in headers[1] and "copy (GB/s)" in headers[1]
+    assert "torch (ms)" in headers[2] and "skipped because" in headers[3]
+    md = (tmp_path / "results-cpu-float32.md").read_text()
+    assert md.count("| suite | operation | shape | dtype |") == 4
+
+
+def test_skipped_pytorch_rows_say_why(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    monkeypatch.delenv("JSOFTMAX_TORCH_PYTHON", raising=False)
+    assert bench.main(["--quick", "--suites", "torch", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped because" in out and "torch not installed" in out
+    assert "torch not installed" in (tmp_path / "results-cpu-float32-quick.md").read_text()
+    measured = Measurement("jsoftmax", 0.001, 0.5, 0, 2)
+    row = linear_xent._torch_row(linear_xent.QUICK, measured)
+    assert row["suite"] == "linear_cross_entropy" and "torch not installed" in row["skipped"]
+
+
+def test_chart_has_a_colour_key_and_says_quick(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at it
+    assert bench.chart(_rows(), tmp_path / "c.png", quick=True)
+    (ax,) = figures[0].axes
+    (legend,) = figures[0].legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert any("faster" in t for t in labels) and any("slower" in t for t in labels)
+    assert "quick run" in ax.get_title()
+    assert not bench.chart(_rows()[1:], tmp_path / "none.png")  # no ratio rows: no chart
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_optax_step_is_the_public_step_but_for_the_loss():
+    steps, state, batch, _ = train_step.setup(16)
+    # the step of make_train_step donates its state: give each step its own copy
+    ours = steps["jsoftmax"](jax.tree.map(jnp.copy, state), batch)
+    theirs = jax.jit(steps["optax"])(state, batch)
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
 
 
 def test_unknown_suite_is_rejected(tmp_path):

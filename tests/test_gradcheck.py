@@ -1,12 +1,12 @@
-"""The gradient-check tool must pass on our functions and catch a wrong rule."""
-
-from functools import partial
+"""``jsoftmax check`` runs check_grads on every public function and catches a wrong rule."""
 
 import jax
 import jax.numpy as jnp
 import pytest
 
+import jsoftmax
 from jsoftmax import _gradcheck
+from jsoftmax.__main__ import main as jsoftmax_main
 
 
 @jax.custom_vjp
@@ -41,25 +41,74 @@ def _frozen_bwd(y, g):
 
 _frozen_softmax.defvjp(_wrong_fwd, _frozen_bwd)
 
+RULES = {"right": jax.nn.softmax, "wrong_sign": _wrong_softmax, "frozen_residual": _frozen_softmax}
 
-@pytest.mark.parametrize(("order", "wrong"), [(1, _wrong_softmax), (2, _frozen_softmax)])
-def test_directional_error_flags_a_wrong_rule(order, wrong):
+
+@pytest.mark.parametrize(
+    ("rule", "passes", "miss"),
+    [
+        pytest.param("right", [1, 2], None, id="right"),
+        # a wrong first derivative: both orders fail on it
+        pytest.param("wrong_sign", [], "VJP cotangent", id="wrong_sign"),
+        # a wrong second derivative only
+        pytest.param("frozen_residual", [1], "VJP of VJP cotangent", id="frozen_residual"),
+    ],
+)
+def test_check_case_passes_exactly_the_right_orders(rule, passes, miss):
     with jax.enable_x64(True):
         x = jax.random.normal(jax.random.key(0), (3, 5), jnp.float64)
-        bad = _gradcheck.directional_error(wrong, (x,), order, jax.random.key(1))
-        good = _gradcheck.directional_error(
-            partial(jax.nn.softmax, axis=-1), (x,), order, jax.random.key(1)
-        )
-    assert bad > 1e-2
-    assert good < 1e-8
+        case = _gradcheck.Case(rule, RULES[rule], (x,))
+        rows = [_gradcheck.check_case(case, order) for order in (1, 2)]
+    assert [r["order"] for r in rows if r["passed"]] == passes
+    for r in rows:
+        if r["passed"]:
+            assert r["failure"] == ""
+        else:  # check_grads' own message: the failing derivative and the size of the miss
+            assert r["failure"].startswith(miss) and "abs. diff" in r["failure"]
 
 
-def test_cli_table_for_a_subset(capsys):
-    assert _gradcheck.main(["--only", "logsumexp"]) == 0
+# public names with no case, and why
+UNCHECKED = {
+    "__version__": "not a function",
+    "fwd": "a module (its functions have cases as fwd.*)",
+    "softmax_jacobian": "built from softmax; compared with jax.jacrev in test_softmax",
+    "log_softmax_jacobian": "built from log_softmax; compared with jax.jacrev in test_softmax",
+    "vocab_parallel_cross_entropy": "needs a device mesh; its gradients are in test_sharded",
+    "vocab_parallel_linear_cross_entropy": "needs a device mesh; see test_sharded",
+}
+
+
+def test_every_public_differentiable_function_has_a_case():
+    with jax.enable_x64(True):
+        names = {case.name.split("(")[0] for case in _gradcheck.cases()}
+    assert names == set(jsoftmax.__all__) - set(UNCHECKED) | {
+        f"fwd.{n}" for n in ("softmax", "log_softmax", "logsumexp")
+    }
+
+
+@pytest.mark.parametrize("entry", ["module", "jsoftmax_cli"])
+def test_cli_table_for_a_subset(entry, capsys):
+    argv = ["--only", "logsumexp"]
+    status = _gradcheck.main(argv) if entry == "module" else jsoftmax_main(["check", *argv])
+    assert status == 0
     out = capsys.readouterr().out
+    assert "check_grads" in out and f"atol={_gradcheck.ATOL:g}" in out
+    assert f"rtol={_gradcheck.RTOL:g}" in out and f"eps={_gradcheck.EPS:g}" in out
     assert "logsumexp(where=)" in out and "fwd.logsumexp" in out
     assert "FAIL" not in out and "6 passed, 0 failed" in out
 
 
+def test_cli_reports_a_failure_and_exits_1(monkeypatch, capsys):
+    def wrong_cases(seed=0):
+        x = jax.random.normal(jax.random.key(seed), (3, 5), jnp.float64)
+        return [_gradcheck.Case("wrong_softmax", _wrong_softmax, (x,))]
+
+    monkeypatch.setattr(_gradcheck, "cases", wrong_cases)
+    assert _gradcheck.main([]) == 1
+    out = capsys.readouterr().out
+    assert out.count("FAIL") == 2 and "VJP cotangent" in out and "0 passed, 2 failed" in out
+
+
 def test_cli_unknown_filter(capsys):
     assert _gradcheck.main(["--only", "no-such-function"]) == 2
+    assert "no function name contains 'no-such-function'" in capsys.readouterr().out

@@ -144,6 +144,14 @@ def combo_case(i, shift=0):
     return z, labels, opts
 
 
+def combo_id(i, shift=0):
+    """A readable test id for :func:`combo_case` ``i``: ``prob-weight-ls0.3-z0.1-classes-none``."""
+    kind, use_weight, eps, zl = COMBOS[i]
+    where_kind, reduction = WHERE_REDUCTION[(i + i // 4 + shift) % len(WHERE_REDUCTION)]
+    weight = "weight" if use_weight else "no_weight"
+    return f"{kind}-{weight}-ls{eps}-z{zl}-{where_kind or 'no_where'}-{reduction}"
+
+
 def loss_and_grads(fn, z, labels, opts):
     """Loss plus the gradient of its sum with respect to logits (and probability labels).
 
@@ -441,7 +449,7 @@ TORCH_CASES = {
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", range(len(COMBOS)))
+@pytest.mark.parametrize("case", range(len(COMBOS)), ids=combo_id)
 def test_matches_reference(x64, case):
     z, labels, opts = combo_case(case)
     got, got_grads = loss_and_grads(jsoftmax.cross_entropy, z, labels, opts)
@@ -452,7 +460,7 @@ def test_matches_reference(x64, case):
         np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-14)
 
 
-@pytest.mark.parametrize("case", range(len(COMBOS)))
+@pytest.mark.parametrize("case", range(len(COMBOS)), ids=lambda i: combo_id(i, shift=2))
 def test_check_grads_second_order(x64, case):
     z, labels, opts = combo_case(case, shift=2)  # other (where, reduction) pairs than above
     if jnp.issubdtype(labels.dtype, jnp.floating):
@@ -516,7 +524,7 @@ def test_class_mask_equals_dropping_the_classes(x64):
     np.testing.assert_array_equal(grad(z)[:, ~keep], 0)
 
 
-@pytest.mark.parametrize("axis", [0, (3, 1), (0, 2, 3)])
+@pytest.mark.parametrize("axis", [0, (3, 1), (0, 2, 3)], ids=str)
 def test_axes_are_moved_and_flattened(x64, axis):
     shape = (3, 4, 2, 5)
     z = rand(shape, 6, dtype=jnp.float64)
@@ -648,7 +656,7 @@ def _value_and_grads(fn, *args):
     return out, grads
 
 
-@pytest.mark.parametrize("shape,axis,where_kind", OPTAX_CASES)
+@pytest.mark.parametrize("shape,axis,where_kind", OPTAX_CASES, ids=str)
 def test_integer_dropin_matches_optax(shape, axis, where_kind):
     z, batch_shape, where = _optax_inputs(shape, axis, where_kind)
     y = int_labels(batch_shape, z.size // int(np.prod(batch_shape)))
@@ -666,7 +674,7 @@ def test_integer_dropin_matches_optax(shape, axis, where_kind):
     np.testing.assert_allclose(g1, g2, rtol=2e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("shape,axis,where_kind", [*OPTAX_CASES, ((2, 3, 4), None, None)])
+@pytest.mark.parametrize("shape,axis,where_kind", [*OPTAX_CASES, ((2, 3, 4), None, None)], ids=str)
 def test_probability_dropin_matches_optax(shape, axis, where_kind):
     z, _, where = _optax_inputs(shape, axis, where_kind)
     q = jax.random.uniform(jax.random.key(9), shape)  # labels need not sum to one for optax

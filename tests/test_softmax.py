@@ -65,7 +65,7 @@ def rand(shape, seed=0, scale=3.0, dtype=jnp.float32):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("axis", AXES)
+@pytest.mark.parametrize("axis", AXES, ids=str)
 def test_matches_jax_nn(name, axis):
     ours, theirs = FNS[name]
     x = rand((3, 4, 5))
@@ -73,7 +73,7 @@ def test_matches_jax_nn(name, axis):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("axis", [-1, (0, 2)])
+@pytest.mark.parametrize("axis", [-1, (0, 2)], ids=str)
 def test_where_matches_jax_nn(name, axis):
     ours, theirs = FNS[name]
     x = rand((3, 4, 5))
@@ -270,16 +270,27 @@ def test_masked_entries_values():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_empty_batch(name):
-    ours, _ = FNS[name]
-    out = ours(jnp.zeros((0, 4)))
-    assert out.shape[0] == 0
+    ours, theirs = FNS[name]
+    x = jnp.zeros((0, 4))
+    out = jax.jit(ours)(x)
+    want = theirs(x, axis=-1)
+    assert out.dtype == want.dtype == x.dtype
+    np.testing.assert_array_equal(out, want)  # the same (empty) value: shape [0, 4] or [0]
+
+    def loss(f):
+        return jax.jit(jax.value_and_grad(lambda x: jnp.sum(f(x, axis=-1))))
+
+    value, grad = loss(ours)(x)
+    assert float(value) == 0.0  # a sum over no rows, not nan
+    assert grad.shape == x.shape and grad.dtype == x.dtype  # a gradient, of no elements
+    np.testing.assert_array_equal(grad, loss(theirs)(x)[1])
 
 
 # ------------------------------------------------------------------------------ gradients
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("axis", [-1, 0, (0, 2)])
+@pytest.mark.parametrize("axis", [-1, 0, (0, 2)], ids=str)
 @pytest.mark.parametrize("masked", [False, True])
 def test_check_grads_order2(name, axis, masked, x64):
     ours, _ = FNS[name]
@@ -292,7 +303,7 @@ def test_check_grads_order2(name, axis, masked, x64):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("axis", [-1, 1, (0, 1)])
+@pytest.mark.parametrize("axis", [-1, 1, (0, 1)], ids=str)
 def test_custom_gradient_equals_autodiff_of_reference(name, axis, x64):
     ours, _ = FNS[name]
     x = rand((4, 6, 3), dtype=jnp.float64)

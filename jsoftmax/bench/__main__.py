@@ -1,38 +1,72 @@
-"""Run every benchmark suite, print a table, write JSON, Markdown and a PNG chart."""
+"""Run the benchmark suites, print a table, write JSON, Markdown and a PNG chart.
+
+The files go to ``runs/bench/`` unless ``--out`` names another folder. The committed results
+that BENCHMARKS.md shows live in ``benchmarks/``; a run writes there only when asked to with
+``--out benchmarks``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import json
 import os
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 
-SUITES = ["core", "bandwidth", "losses", "linear_xent", "train_step", "torch"]
+#: Where ``jsoftmax bench`` writes without ``--out``: not the committed ``benchmarks/``.
+DEFAULT_OUT = Path("runs") / "bench"
 
 
-def _suite_rows(name: str, quick: bool, dtype: str) -> list[dict]:
-    if name == "core":
-        from jsoftmax.bench import core
+def _core(quick: bool, dtype: str) -> list[dict]:
+    from jsoftmax.bench import core
 
-        return core.run(quick=quick, dtype=dtype)
-    if name == "bandwidth":
-        from jsoftmax.bench import core
+    return core.run(quick=quick, dtype=dtype)
 
-        return core.bandwidth(quick=quick, dtype=dtype)
-    if name == "torch":
-        from jsoftmax.bench import core
 
-        return core.run_torch(quick=quick)
-    module = importlib.import_module(f"jsoftmax.bench.{name}")
-    if dtype != "float32" and "dtype" in module.run.__code__.co_varnames:
-        return module.run(quick=quick, dtype=dtype)
-    return module.run(quick=quick)
+def _bandwidth(quick: bool, dtype: str) -> list[dict]:
+    from jsoftmax.bench import core
+
+    return core.bandwidth(quick=quick, dtype=dtype)
+
+
+def _losses(quick: bool, dtype: str) -> list[dict]:
+    from jsoftmax.bench import losses
+
+    return losses.run(quick=quick, dtype=dtype)
+
+
+def _linear_xent(quick: bool, dtype: str) -> list[dict]:  # float32 only
+    from jsoftmax.bench import linear_xent
+
+    return linear_xent.run(quick=quick)
+
+
+def _train_step(quick: bool, dtype: str) -> list[dict]:  # float32 only
+    from jsoftmax.bench import train_step
+
+    return train_step.run(quick=quick)
+
+
+def _torch(quick: bool, dtype: str) -> list[dict]:  # float32 only
+    from jsoftmax.bench import core
+
+    return core.run_torch(quick=quick)
+
+
+#: Each suite's rows for ``(quick, dtype)``; the modules are imported only when run.
+SUITES: dict[str, Callable[[bool, str], list[dict]]] = {
+    "core": _core,
+    "bandwidth": _bandwidth,
+    "losses": _losses,
+    "linear_xent": _linear_xent,
+    "train_step": _train_step,
+    "torch": _torch,
+}
 
 
 def environment() -> dict:
@@ -49,111 +83,163 @@ def environment() -> dict:
     }
 
 
-def _fmt_bytes(n) -> str:
-    return "" if n is None else f"{n / 2**20:.1f} MiB"
+# ------------------------------------------------------------------------------------- tables
+# Each kind of row has its own columns; a table starts a new header where the kind changes.
+
+COLUMNS = {
+    "comparison": (
+        "jsoftmax (ms)",
+        "baseline (ms)",
+        "ratio (jsoftmax / baseline)",
+        "jsoftmax temp (MiB)",
+        "baseline temp (MiB)",
+    ),
+    "bandwidth": (
+        "time (ms)",
+        "achieved (GB/s)",
+        "fraction of copy",
+        "copy (GB/s)",
+        "copy measured on",
+    ),
+    "torch": ("torch (ms)", "torch version"),
+    "skipped": ("skipped because",),
+    "other": ("figures (JSON)",),
+}
+WHERE = ("suite", "operation", "shape", "dtype")
 
 
-def _ms(value) -> str:
-    return "" if value is None else f"{value:.3f}"
-
-
-def _fmt(row: dict) -> tuple[str, ...]:
-    shape = row.get("shape", [])
-    shape = shape if isinstance(shape, str) else "×".join(str(s) for s in shape)
-    if "ratio" in row and row["ratio"] is None:  # a memory-only row
-        return (
-            row["suite"],
-            row["op"],
-            shape,
-            row["dtype"],
-            "",
-            f"({row['baseline']})",
-            f"temp {row['jsoftmax_temp_bytes'] / row['baseline_temp_bytes']:.4f} of baseline",
-            _fmt_bytes(row.get("jsoftmax_temp_bytes")),
-            _fmt_bytes(row.get("baseline_temp_bytes")),
-        )
+def _kind(row: dict) -> str:
+    if "skipped" in row:
+        return "skipped"
     if "ratio" in row:
+        return "comparison"
+    return row["suite"] if row["suite"] in ("bandwidth", "torch") else "other"
+
+
+def _num(value, fmt: str = ".3f") -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def _mib(n) -> str:
+    return _num(None if n is None else n / 2**20, ".1f")
+
+
+def _figures(row: dict) -> tuple[str, ...]:
+    kind = _kind(row)
+    if kind == "comparison":
+        if row["ratio"] is None:  # compiled only: temp memory, no time
+            temp = row["jsoftmax_temp_bytes"] / max(row["baseline_temp_bytes"], 1)
+            ratio = f"temp {temp:.4f} of baseline"
+        else:
+            ratio = f"{row['ratio']:.2f}"
         return (
-            row["suite"],
-            row["op"],
-            shape,
-            row["dtype"],
-            _ms(row["jsoftmax_ms"]),
-            f"{_ms(row['baseline_ms'])} ({row['baseline']})",
-            f"{row['ratio']:.2f}",
-            _fmt_bytes(row.get("jsoftmax_temp_bytes")),
-            _fmt_bytes(row.get("baseline_temp_bytes")),
+            _num(row["jsoftmax_ms"]),
+            f"{_num(row['baseline_ms'])} ({row['baseline']})".lstrip(),
+            ratio,
+            _mib(row.get("jsoftmax_temp_bytes")),
+            _mib(row.get("baseline_temp_bytes")),
         )
-    if row["suite"] == "bandwidth":
+    if kind == "bandwidth":
         return (
-            row["suite"],
-            row["op"],
-            shape,
-            row["dtype"],
-            f"{row['ms']:.3f}",
-            f"{row['gb_per_s']:.1f} GB/s",
-            f"{row['fraction_of_copy']:.2f} of copy",
-            f"copy {row['copy_gb_per_s']:.1f} GB/s",
-            "",
+            _num(row["ms"]),
+            _num(row["gb_per_s"], ".1f"),
+            _num(row["fraction_of_copy"], ".2f"),
+            _num(row["copy_gb_per_s"], ".1f"),
+            row["copy_measured_on"],
         )
-    if row["suite"] == "torch":
-        return (row["suite"], row["op"], shape, row["dtype"], "", f"{row['torch_ms']:.3f}")
-    return (row["suite"], row.get("op", ""), shape, row.get("dtype", ""), json.dumps(row))
+    if kind == "torch":
+        return (_num(row["torch_ms"]), row["torch_version"])
+    if kind == "skipped":
+        return (row["skipped"],)
+    return (json.dumps({k: v for k, v in row.items() if k not in ("suite", "op", "shape")}),)
 
 
-HEADER = (
-    "suite",
-    "operation",
-    "shape",
-    "dtype",
-    "jsoftmax ms",
-    "baseline ms",
-    "ratio",
-    "jsoftmax temp",
-    "baseline temp",
-)
+def _cells(row: dict) -> tuple[str, ...]:
+    shape = row.get("shape", "")
+    shape = shape if isinstance(shape, str) else "×".join(str(s) for s in shape)
+    return (row["suite"], row.get("op", ""), shape, row.get("dtype", ""), *_figures(row))
 
 
-def markdown(rows: list[dict], env: dict) -> str:
+def _blocks(rows: list[dict]) -> list[tuple[tuple[str, ...], list[tuple[str, ...]]]]:
+    """Runs of rows of one kind: ``(header, cells of each row)``."""
+    blocks: list[tuple[str, list]] = []
+    for row in rows:
+        if not blocks or blocks[-1][0] != _kind(row):
+            blocks.append((_kind(row), []))
+        blocks[-1][1].append(_cells(row))
+    return [(WHERE + COLUMNS[kind], cells) for kind, cells in blocks]
+
+
+def text_table(rows: list[dict]) -> str:
+    """The console table: aligned columns under a header with units, one per kind of row."""
+    lines = []
+    for header, cells in _blocks(rows):
+        widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
+        for i, line in enumerate([header, *cells]):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown(rows: list[dict], env: dict, quick: bool = False) -> str:
     lines = [
         f"Measured {env['date']} with jax {env['jax']} on {env['backend']} "
         f"({env['device']}, {env['cpu_count']} CPU cores). Medians of interleaved repetitions "
         "after warm-up, each call synchronised with `block_until_ready()`; ratio = jsoftmax / "
         "baseline (below 1 is faster); temp = compiled temp memory from `memory_analysis()`.",
-        "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "---|" * len(HEADER),
     ]
-    for row in rows:
-        cells = list(_fmt(row)) + [""] * (len(HEADER) - len(_fmt(row)))
-        lines.append("| " + " | ".join(cells[: len(HEADER)]) + " |")
+    if quick:
+        lines.append(
+            "\n**Quick run** (`--quick`: tiny shapes, a smoke test): not comparable with the "
+            "figures of a full run, the copy bandwidth least of all (a small array stays in "
+            "cache)."
+        )
+    for header, cells in _blocks(rows):
+        lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(c) + " |" for c in cells]
     return "\n".join(lines) + "\n"
 
 
-def chart(rows: list[dict], path: Path) -> None:
+def chart(rows: list[dict], path: Path, quick: bool = False) -> bool:
+    """A bar chart of the time ratios, with a colour key; ``False`` (no file) if there are none."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     ratio_rows = [r for r in rows if r.get("ratio") is not None]
     if not ratio_rows:
-        return
+        return False
     labels = [
-        f"{r['suite']}: {r['op']}\n{_fmt(r)[2]} vs {r['baseline'].split(' (')[0]}"
+        f"{r['suite']}: {r['op']}\n{_cells(r)[2]} vs {r['baseline'].split(' (')[0]}"
         for r in ratio_rows
     ]
-    fig, ax = plt.subplots(figsize=(11, 0.4 * len(labels) + 1.5))
-    colors = ["tab:green" if r["ratio"] <= 1.0 else "tab:red" for r in ratio_rows]
+    fig, ax = plt.subplots(figsize=(11, 0.4 * len(labels) + 2), layout="constrained")
+    faster, slower = "tab:green", "tab:red"
+    colors = [faster if r["ratio"] <= 1.0 else slower for r in ratio_rows]
     ax.barh(range(len(labels)), [r["ratio"] for r in ratio_rows], color=colors)
     ax.axvline(1.0, color="black", lw=1)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("time ratio jsoftmax / baseline (below 1 is faster)")
-    ax.set_title(f"jsoftmax vs jax.nn / optax / naive ({jax.default_backend()})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    run = "quick run, tiny shapes" if quick else "full run"
+    ax.set_title(f"jsoftmax vs the baseline named in each row ({jax.default_backend()}, {run})")
+    fig.legend(  # below the axes, where it hides no bar
+        handles=[
+            Patch(color=faster, label="jsoftmax faster or equal (ratio ≤ 1)"),
+            Patch(color=slower, label="jsoftmax slower (ratio > 1)"),
+            Line2D([], [], color="black", lw=1, label="same time (ratio = 1)"),
+        ],
+        loc="outside lower center",
+        ncols=3,
+        fontsize=8,
+    )
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,28 +247,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
     parser.add_argument("--suites", default=",".join(SUITES), help="comma-separated suites")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--out", default="benchmarks", help="folder for the result files")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"folder for the result files (default {DEFAULT_OUT}; the committed results are "
+        "in benchmarks/, overwritten only by --out benchmarks)",
+    )
     args = parser.parse_args(argv)
     suites = [s for s in args.suites.split(",") if s]
     unknown = sorted(set(suites) - set(SUITES))
     if unknown:
-        parser.error(f"unknown suites {unknown}; choose from {SUITES}")
+        parser.error(f"unknown suites {unknown}; choose from {list(SUITES)}")
     env = environment()
     print(f"jax {env['jax']} on {env['backend']}: {jax.devices()}", flush=True)
     rows: list[dict] = []
     for suite in suites:
-        print(f"== {suite}", flush=True)
-        suite_rows = _suite_rows(suite, args.quick, args.dtype)
-        for row in suite_rows:
-            print("  " + " | ".join(_fmt(row)), flush=True)
+        print(f"\n== {suite}", flush=True)
+        suite_rows = SUITES[suite](args.quick, args.dtype)
+        print(text_table(suite_rows), flush=True)
         rows += suite_rows
-    out = Path(args.out)
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"results-{env['backend']}-{args.dtype}" + ("-quick" if args.quick else "")
-    (out / f"{stem}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
-    (out / f"{stem}.md").write_text(markdown(rows, env))
-    chart(rows, out / f"{stem}.png")
-    print(f"wrote {out / stem}.json, .md, .png")
+    stem = out / (f"results-{env['backend']}-{args.dtype}" + ("-quick" if args.quick else ""))
+    result = {"environment": env, "quick": args.quick, "rows": rows}
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    stem.with_suffix(".md").write_text(markdown(rows, env, args.quick))
+    png = ", .png" if chart(rows, stem.with_suffix(".png"), args.quick) else ""
+    print(f"\nwrote {stem}.json, .md{png}")
     return 0
 
 

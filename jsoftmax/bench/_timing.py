@@ -19,12 +19,16 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Measurement:
-    """One compiled function measured: median seconds per call, compile seconds, temp bytes."""
+    """One function measured: median seconds per call, compile seconds, temp bytes, calls.
+
+    A figure that was not measured is ``None``: the time of a function only compiled (see
+    :func:`memory_only`), the compile time and temp memory of one run outside XLA (PyTorch).
+    """
 
     name: str
-    median_s: float
-    compile_s: float
-    temp_bytes: int
+    median_s: float | None
+    compile_s: float | None
+    temp_bytes: int | None
     reps: int
 
 
@@ -36,6 +40,12 @@ def compile_and_memory(fn: Callable, *args) -> tuple[Callable, float, int]:
     mem = compiled.memory_analysis()
     temp = int(getattr(mem, "temp_size_in_bytes", 0)) if mem is not None else 0
     return compiled, compile_s, temp
+
+
+def memory_only(name: str, fn: Callable, *args) -> Measurement:
+    """Compile ``fn`` for ``args`` (arrays or ``jax.ShapeDtypeStruct``), never run it."""
+    _, compile_s, temp = compile_and_memory(fn, *args)
+    return Measurement(name, None, compile_s, temp, 0)
 
 
 def compare(
@@ -73,21 +83,68 @@ def compare(
     }
 
 
+def result_row(suite: str, op: str, shape, dtype: str, **figures) -> dict:
+    """A benchmark result row; every suite builds all of its rows with this function.
+
+    ``suite``, ``op`` (what was measured), ``shape`` and ``dtype`` say where the figures were
+    taken; ``figures`` are the measured values and their labels.
+    """
+    return {"suite": suite, "op": op, "shape": shape, "dtype": dtype, **figures}
+
+
 def comparison_row(
-    suite: str, op: str, shape, dtype: str, ours: Measurement, base: Measurement, baseline: str
+    suite: str,
+    op: str,
+    shape,
+    dtype: str,
+    ours: Measurement,
+    base: Measurement,
+    baseline: str,
+    **extra,
 ) -> dict:
-    """The result row every suite reports for one jsoftmax-vs-baseline comparison."""
-    return {
-        "suite": suite,
-        "op": op,
-        "shape": shape,
-        "dtype": dtype,
-        "jsoftmax_ms": ours.median_s * 1e3,
-        "baseline": baseline,
-        "baseline_ms": base.median_s * 1e3,
-        "ratio": ours.median_s / base.median_s,
-        "jsoftmax_temp_bytes": ours.temp_bytes,
-        "baseline_temp_bytes": base.temp_bytes,
-        "compile_s": {"jsoftmax": ours.compile_s, "baseline": base.compile_s},
-        "reps": ours.reps,
-    }
+    """The row of one jsoftmax-vs-baseline comparison: times, their ratio and temp memory.
+
+    ``ratio`` is jsoftmax time / baseline time (``None`` where either was only compiled).
+    """
+
+    def ms(m: Measurement) -> float | None:
+        return None if m.median_s is None else m.median_s * 1e3
+
+    timed = ours.median_s is not None and base.median_s is not None
+    return result_row(
+        suite,
+        op,
+        shape,
+        dtype,
+        jsoftmax_ms=ms(ours),
+        baseline=baseline,
+        baseline_ms=ms(base),
+        ratio=ours.median_s / base.median_s if timed else None,
+        jsoftmax_temp_bytes=ours.temp_bytes,
+        baseline_temp_bytes=base.temp_bytes,
+        compile_s={"jsoftmax": ours.compile_s, "baseline": base.compile_s},
+        reps=ours.reps,
+        **extra,
+    )
+
+
+def compare_row(
+    suite: str,
+    op: str,
+    shape,
+    dtype: str,
+    ours: Callable,
+    base: Callable,
+    baseline: str,
+    args: Sequence,
+    *,
+    reps: int = 30,
+) -> dict:
+    """Time ``ours`` and ``base`` of ``args`` interleaved (:func:`compare`); their comparison."""
+    res = compare({"jsoftmax": ours, "baseline": base}, args, reps=reps)
+    return comparison_row(suite, op, shape, dtype, res["jsoftmax"], res["baseline"], baseline)
+
+
+def skipped_row(suite: str, op: str, shape, dtype: str, reason: str) -> dict:
+    """The row of a measurement that was not taken, saying why (``"torch not installed"``)."""
+    return result_row(suite, op, shape, dtype, skipped=reason)

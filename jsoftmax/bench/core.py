@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 import jsoftmax
-from jsoftmax.bench._timing import compare, comparison_row
+from jsoftmax.bench._timing import compare, compare_row, result_row, skipped_row
 
 SHAPES = [(4096, 1024), (256, 32768), (32, 262144)]
 QUICK_SHAPES = [(64, 128), (8, 1024)]
@@ -31,10 +31,10 @@ def _vjp(fn):
     return f
 
 
-def _row(op, what, shape, dtype, res):
-    return comparison_row(
-        "core", f"{op} {what}", list(shape), dtype, res["jsoftmax"], res["jax.nn"], "jax.nn"
-    )
+def _normals(shape, dtype: str, n: int = 2) -> list[jax.Array]:
+    """``n`` standard-normal arrays of ``shape`` (drawn in float32, then cast to ``dtype``)."""
+    keys = jax.random.split(jax.random.key(0), n)
+    return [jax.random.normal(k, shape, jnp.float32).astype(dtype) for k in keys]
 
 
 def run(quick: bool = False, dtype: str = "float32", reps: int = 30) -> list[dict]:
@@ -42,18 +42,14 @@ def run(quick: bool = False, dtype: str = "float32", reps: int = 30) -> list[dic
     rows = []
     shapes = QUICK_SHAPES if quick else SHAPES
     for shape in shapes:
-        k1, k2 = jax.random.split(jax.random.key(0))
-        x = jax.random.normal(k1, shape, jnp.float32).astype(dtype)
-        w = jax.random.normal(k2, shape, jnp.float32).astype(dtype)
+        x, w = _normals(shape, dtype)
         for op, (ours, base) in OPS.items():
-            res = compare({"jsoftmax": ours, "jax.nn": base}, (x,), reps=reps)
-            rows.append(_row(op, "forward", shape, dtype, res))
-            res = compare(
-                {"jsoftmax": _weighted_sum_grad(ours), "jax.nn": _weighted_sum_grad(base)},
-                (x, w),
-                reps=reps,
-            )
-            rows.append(_row(op, "value_and_grad", shape, dtype, res))
+            for what, f, g, args in [
+                ("forward", ours, base, (x,)),
+                ("value_and_grad", _weighted_sum_grad(ours), _weighted_sum_grad(base), (x, w)),
+            ]:
+                where = ("core", f"{op} {what}", list(shape), dtype)
+                rows.append(compare_row(*where, f, g, "jax.nn", args, reps=reps))
     return rows
 
 
@@ -62,15 +58,17 @@ def bandwidth(quick: bool = False, dtype: str = "float32", reps: int = 30) -> li
 
     Bytes moved: forward reads x and writes y (2 arrays); forward+backward additionally reads y
     and g and writes dx (5 arrays in all). The copy rate is ``2 · size`` bytes over the median
-    time of ``x + 1`` (one read, one write), measured in the same run.
+    time of ``x + 1`` (one read, one write), measured in the same run. It depends on the array
+    size (a small array stays in cache), so every row says the size and whether the run was
+    ``quick`` in ``copy_measured_on``: compare copy rates only between rows that agree on it.
     """
     shape = (256, 4096) if quick else (4096, 32768)
-    k1, k2 = jax.random.split(jax.random.key(0))
-    x = jax.random.normal(k1, shape, jnp.float32).astype(dtype)
-    g = jax.random.normal(k2, shape, jnp.float32).astype(dtype)
+    x, g = _normals(shape, dtype)
     nbytes = x.size * x.dtype.itemsize
     copy = compare({"copy": lambda x: x + jnp.ones((), x.dtype)}, (x,), reps=reps)["copy"]
     copy_bw = 2 * nbytes / copy.median_s
+    run_kind = "quick run" if quick else "full run"
+    size = f"{'×'.join(map(str, shape))} {dtype} ({nbytes / 2**20:g} MiB)"
     rows = []
     for name, fn, arrays, args in [
         ("softmax forward", jsoftmax.softmax, 2, (x,)),
@@ -81,17 +79,18 @@ def bandwidth(quick: bool = False, dtype: str = "float32", reps: int = 30) -> li
         m = compare({name: fn}, args, reps=reps)[name]
         bw = arrays * nbytes / m.median_s
         rows.append(
-            {
-                "suite": "bandwidth",
-                "op": name,
-                "shape": list(shape),
-                "dtype": dtype,
-                "ms": m.median_s * 1e3,
-                "bytes": arrays * nbytes,
-                "gb_per_s": bw / 1e9,
-                "copy_gb_per_s": copy_bw / 1e9,
-                "fraction_of_copy": bw / copy_bw,
-            }
+            result_row(
+                "bandwidth",
+                name,
+                list(shape),
+                dtype,
+                ms=m.median_s * 1e3,
+                bytes=arrays * nbytes,
+                gb_per_s=bw / 1e9,
+                copy_gb_per_s=copy_bw / 1e9,
+                fraction_of_copy=bw / copy_bw,
+                copy_measured_on=f"x + 1 on {size}, {run_kind}",
+            )
         )
     return rows
 
@@ -110,22 +109,25 @@ def _torch_row(op: str, shape, step, reps: int) -> dict:
         t0 = time.perf_counter()
         step()
         ts.append(time.perf_counter() - t0)
-    return {
-        "suite": "torch",
-        "op": op,
-        "shape": list(shape),
-        "dtype": "float32",
-        "torch_ms": float(np.median(ts)) * 1e3,
-        "torch_version": torch.__version__,
-    }
+    return result_row(
+        "torch",
+        op,
+        list(shape),
+        "float32",
+        torch_ms=float(np.median(ts)) * 1e3,
+        torch_version=torch.__version__,
+    )
 
 
 def run_torch(quick: bool = False, reps: int = 30) -> list[dict]:
-    """The same operations in PyTorch on the CPU, if it is installed (an optional column)."""
+    """The same operations in PyTorch on the CPU, if it is installed (an optional column).
+
+    Without PyTorch the suite returns one row saying so (``skipped: "torch not installed"``).
+    """
     try:
         import torch
     except ImportError:
-        return []
+        return [skipped_row("torch", "every PyTorch row", "", "float32", "torch not installed")]
     from jsoftmax.bench.losses import QUICK_SHAPES as CE_QUICK
     from jsoftmax.bench.losses import SHAPES as CE_SHAPES
 

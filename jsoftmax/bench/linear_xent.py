@@ -10,7 +10,8 @@ Three parts, all for ``jax.value_and_grad`` of the mean loss with respect to ``x
 3. where PyTorch is available (in this interpreter, or in the Python named by
    ``$JSOFTMAX_TORCH_PYTHON``), ``torch.nn.functional.linear_cross_entropy`` forward + backward with
    its chunked path (``options=LinearCrossEntropyOptions()``), in a subprocess on the same
-   inputs' shapes, reported against the jsoftmax time from part 1.
+   inputs' shapes, reported against the jsoftmax time from part 1; without PyTorch, a row
+   that says why it was skipped.
 
 Run ``python -m jsoftmax.bench.linear_xent [--quick]``; it prints one JSON row per figure.
 """
@@ -29,8 +30,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jsoftmax._linear_xent import linear_cross_entropy
-from jsoftmax.bench._timing import compare, compile_and_memory
+from jsoftmax import linear_cross_entropy
+from jsoftmax.bench._timing import (
+    Measurement,
+    compare,
+    comparison_row,
+    memory_only,
+    skipped_row,
+)
 
 __all__ = ["run"]
 
@@ -75,56 +82,48 @@ def _abstract(n, d, v):
     )
 
 
-def _timing_row(cfg) -> tuple[dict, float]:
+BASELINE = "naive jax (x @ w, optax cross-entropy)"
+
+
+def _versus_naive(op: str, n: int, d: int, v: int, js: Measurement, nv: Measurement) -> dict:
+    """A jsoftmax-vs-naive row, with the temp memory ratio, the device and the jax version."""
+    return comparison_row(
+        SUITE,
+        op,
+        _shape(n, d, v),
+        "float32",
+        js,
+        nv,
+        BASELINE,
+        temp_ratio=js.temp_bytes / max(nv.temp_bytes, 1),
+        device=jax.devices()[0].device_kind,
+        jax=jax.__version__,
+    )
+
+
+def _timing_row(cfg) -> tuple[dict, Measurement]:
     n, d, v = cfg["n"], cfg["d"], cfg["v"]
     args = _inputs(n, d, v)
     res = compare(
         {"jsoftmax": _chunked, "naive": _naive}, args, reps=cfg["reps"], warmup=cfg["warmup"]
     )
     js, nv = res["jsoftmax"], res["naive"]
-    row = {
-        "suite": SUITE,
-        "op": "value_and_grad(x, w) mean loss",
-        "shape": _shape(n, d, v),
-        "dtype": "float32",
-        "jsoftmax_ms": js.median_s * 1e3,
-        "baseline": "naive jax (x @ w, optax cross-entropy)",
-        "baseline_ms": nv.median_s * 1e3,
-        "ratio": js.median_s / nv.median_s,
-        "jsoftmax_temp_bytes": js.temp_bytes,
-        "baseline_temp_bytes": nv.temp_bytes,
-        "temp_ratio": js.temp_bytes / max(nv.temp_bytes, 1),
-        "reps": js.reps,
-        "device": jax.devices()[0].device_kind,
-        "jax": jax.__version__,
-    }
-    return row, js.median_s
+    return _versus_naive("value_and_grad(x, w) mean loss", n, d, v, js, nv), js
 
 
 def _memory_rows(n: int, d: int, vs: list[int]) -> list[dict]:
-    rows = []
-    for v in vs:
-        args = _abstract(n, d, v)
-        _, _, js_temp = compile_and_memory(_chunked, *args)
-        _, _, nv_temp = compile_and_memory(_naive, *args)
-        rows.append(
-            {
-                "suite": SUITE,
-                "op": "temp memory of value_and_grad(x, w) (compiled, not run)",
-                "shape": _shape(n, d, v),
-                "dtype": "float32",
-                "jsoftmax_ms": None,
-                "baseline": "naive jax (x @ w, optax cross-entropy)",
-                "baseline_ms": None,
-                "ratio": None,
-                "jsoftmax_temp_bytes": js_temp,
-                "baseline_temp_bytes": nv_temp,
-                "temp_ratio": js_temp / max(nv_temp, 1),
-                "device": jax.devices()[0].device_kind,
-                "jax": jax.__version__,
-            }
+    op = "temp memory of value_and_grad(x, w) (compiled, not run)"
+    return [
+        _versus_naive(
+            op,
+            n,
+            d,
+            v,
+            memory_only("jsoftmax", _chunked, *_abstract(n, d, v)),
+            memory_only("naive", _naive, *_abstract(n, d, v)),
         )
-    return rows
+        for v in vs
+    ]
 
 
 # Runs in the PyTorch interpreter (which need not have jax): forward + backward of the mean
@@ -166,44 +165,36 @@ def _torch_python() -> str | None:
     return cand if cand and os.path.exists(cand) else None
 
 
-def _torch_row(cfg, jsoftmax_s: float) -> dict | None:
+def _torch_row(cfg, js: Measurement) -> dict:
+    """PyTorch's chunked loss against the jsoftmax time ``js``, or a row saying why not."""
+    n, d, v = cfg["n"], cfg["d"], cfg["v"]
+    op = "forward+backward (x, w) mean loss"
     python = _torch_python()
     if python is None:
-        return None
-    n, d, v = cfg["n"], cfg["d"], cfg["v"]
+        reason = "torch not installed (here or at $JSOFTMAX_TORCH_PYTHON)"
+        return skipped_row(SUITE, op, _shape(n, d, v), "float32", reason)
     argv = [python, "-c", _TORCH_SCRIPT, *map(str, (n, d, v, cfg["reps"], cfg["warmup"]))]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         print(f"torch benchmark failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
-        return None
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        return skipped_row(SUITE, op, _shape(n, d, v), "float32", f"torch run failed: {last}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {
-        "suite": SUITE,
-        "op": "forward+backward (x, w) mean loss",
-        "shape": _shape(n, d, v),
-        "dtype": "float32",
-        "jsoftmax_ms": jsoftmax_s * 1e3,
-        "baseline": f"torch {out['torch']} F.linear_cross_entropy chunked "
-        f"({out['threads']} threads, run after jsoftmax)",
-        "baseline_ms": out["median_s"] * 1e3,
-        "ratio": jsoftmax_s / out["median_s"],
-        "jsoftmax_temp_bytes": None,
-        "baseline_temp_bytes": None,
-        "reps": out["reps"],
-    }
+    torch = Measurement("torch", out["median_s"], None, None, out["reps"])
+    baseline = (
+        f"torch {out['torch']} F.linear_cross_entropy chunked "
+        f"({out['threads']} threads, run after jsoftmax)"
+    )
+    return comparison_row(SUITE, op, _shape(n, d, v), "float32", js, torch, baseline)
 
 
 def run(quick: bool = False) -> list[dict]:
     """Run the suite; ``quick`` uses tiny shapes (seconds) instead of the full ones."""
     cfg = QUICK if quick else FULL
-    rows = []
-    timing, js_s = _timing_row(cfg)
-    rows.append(timing)
-    torch_row = _torch_row(cfg, js_s)
-    if torch_row is not None:
-        rows.append(torch_row)
-    rows.extend(_memory_rows(cfg["n"], cfg["d"], CURVE_QUICK if quick else CURVE_FULL))
-    return rows
+    timing, js = _timing_row(cfg)
+    memory = _memory_rows(cfg["n"], cfg["d"], CURVE_QUICK if quick else CURVE_FULL)
+    # the PyTorch row last: where it is skipped, the others stay in one table
+    return [timing, *memory, _torch_row(cfg, js)]
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 import jsoftmax
-from jsoftmax.bench._timing import compare, comparison_row
+from jsoftmax.bench._timing import compare_row
 
 SHAPES = [(4096, 1024), (256, 32768), (1024, 32000)]
 QUICK_SHAPES = [(64, 128), (8, 1024)]
@@ -40,16 +40,9 @@ def run(quick: bool = False, dtype: str = "float32", reps: int = 30) -> list[dic
         logits = jax.random.normal(k1, shape, jnp.float32).astype(dtype)
         labels = jax.random.randint(k2, shape[:-1], 0, shape[-1])
         for op, transform in OPS.items():
-            res = compare(
-                {"jsoftmax": transform(_ours), "optax": transform(_optax)},
-                (logits, labels),
-                reps=reps,
-            )
-            rows.append(
-                comparison_row(
-                    "cross_entropy", op, list(shape), dtype, res["jsoftmax"], res["optax"], "optax"
-                )
-            )
+            where = ("cross_entropy", op, list(shape), dtype)
+            ours, theirs = transform(_ours), transform(_optax)
+            rows.append(compare_row(*where, ours, theirs, "optax", (logits, labels), reps=reps))
     return rows
 
 
