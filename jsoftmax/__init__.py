@@ -1,6 +1,8 @@
 """jsoftmax: softmax, log-softmax and cross-entropy for JAX with analytic custom_vjp rules."""
 
 from jsoftmax import fwd as fwd
+from jsoftmax._checks import label_checks as label_checks
+from jsoftmax._checks import set_label_checks as set_label_checks
 from jsoftmax._jacobian import log_softmax_jacobian as log_softmax_jacobian
 from jsoftmax._jacobian import softmax_jacobian as softmax_jacobian
 from jsoftmax._linear_xent import linear_cross_entropy as linear_cross_entropy
@@ -24,11 +26,13 @@ __all__ = [
     "__version__",
     "cross_entropy",
     "fwd",
+    "label_checks",
     "linear_cross_entropy",
     "log_softmax",
     "log_softmax_jacobian",
     "logsumexp",
     "nll_loss",
+    "set_label_checks",
     "softmax",
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",

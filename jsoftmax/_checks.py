@@ -6,8 +6,10 @@ ordinary Python errors while a function is being traced, with the real values in
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -151,27 +153,88 @@ def check_ignore_index(ignore_index, fn: str) -> int | None:
     return int(ignore_index)
 
 
-def check_labels_in_range(labels, n_classes: int, ignore_index: int | None, fn: str) -> None:
-    """Raise ``ValueError`` naming the first out-of-range label when ``labels`` is concrete.
+_LABEL_CHECKS = {"on": False}
 
-    Under ``jit`` the labels are tracers and this check is skipped; the kernels then make the
-    loss of such an example NaN instead.
+
+def set_label_checks(enabled: bool) -> bool:
+    """Turn the checked-labels mode on or off for losses traced from now on; returns the old state.
+
+    With it on, every loss that takes integer labels also checks them when they are traced (under
+    ``jit``, ``vmap``, ``grad``): a host callback raises a ``ValueError`` naming the function, the
+    first out-of-range label and its position, which surfaces from the jitted call as a
+    ``jax.errors.JaxRuntimeError`` carrying that message. Off (the default), nothing is added to
+    the program and an out-of-range label gives NaN. The mode is read while a function is traced,
+    so switching it clears JAX's caches (``jax.clear_caches()``): every function is traced and
+    compiled anew on its next call, with the new mode. It is a debugging mode: switch it rarely.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jsoftmax
+      >>> with jsoftmax.label_checks():
+      ...     loss = jax.jit(jsoftmax.cross_entropy)
+      ...     try:
+      ...         loss(jnp.zeros((2, 3)), jnp.array([0, 7])).block_until_ready()
+      ...     except Exception as e:
+      ...         print("labels must be class indices in [0, 3); got 7 at position (1,)" in str(e))
+      True
     """
-    if isinstance(labels, jax.core.Tracer):
-        return
-    host = np.asarray(labels).astype(np.int64)  # never compare in a narrow label dtype
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_label_checks: enabled must be a bool; got {enabled!r}")
+    old, _LABEL_CHECKS["on"] = _LABEL_CHECKS["on"], enabled
+    if old != enabled:
+        jax.clear_caches()  # traced and compiled functions hold the old mode
+    return old
+
+
+@contextlib.contextmanager
+def label_checks(enabled: bool = True) -> Iterator[None]:
+    """Context manager form of :func:`set_label_checks`: the mode inside, the old one after."""
+    old = set_label_checks(enabled)
+    try:
+        yield
+    finally:
+        set_label_checks(old)
+
+
+def _bad_label_message(host, n_classes: int, ignore_index: int | None, fn: str) -> str | None:
+    """The error message for the first out-of-range label of ``host`` (NumPy), or ``None``."""
+    host = np.asarray(host).astype(np.int64)  # never compare in a narrow label dtype
     bad = (host < 0) | (host >= n_classes)
     if ignore_index is not None:
         bad &= host != ignore_index
-    if bad.any():
-        pos = tuple(int(i) for i in np.argwhere(bad)[0])
-        allowed = f"[0, {n_classes})"
-        if ignore_index is not None:
-            allowed += f" or ignore_index={ignore_index}"
-        raise ValueError(
-            f"{fn}: labels must be class indices in {allowed}; got {host[pos]} at position "
-            f"{pos} of labels with shape {host.shape}"
-        )
+    if not bad.any():
+        return None
+    pos = tuple(int(i) for i in np.argwhere(bad)[0])
+    allowed = f"[0, {n_classes})"
+    if ignore_index is not None:
+        allowed += f" or ignore_index={ignore_index}"
+    return (
+        f"{fn}: labels must be class indices in {allowed}; got {host[pos]} at position {pos} of "
+        f"labels with shape {host.shape}"
+    )
+
+
+def _raise_bad_labels(host, *, n_classes: int, ignore_index: int | None, fn: str) -> None:
+    message = _bad_label_message(host, n_classes, ignore_index, fn)
+    if message is not None:
+        raise ValueError(message)
+
+
+def check_labels_in_range(labels, n_classes: int, ignore_index: int | None, fn: str) -> None:
+    """Raise ``ValueError`` naming the first out-of-range label when ``labels`` is concrete.
+
+    Under ``jit`` the labels are tracers: the kernels then make the loss of such an example NaN,
+    and with :func:`label_checks` on, a host callback raises the same error when the program
+    runs (position within one example of a ``vmap``).
+    """
+    if isinstance(labels, jax.core.Tracer):
+        if _LABEL_CHECKS["on"]:
+            jax.debug.callback(
+                partial(_raise_bad_labels, n_classes=n_classes, ignore_index=ignore_index, fn=fn),
+                labels,
+            )
+        return
+    _raise_bad_labels(labels, n_classes=n_classes, ignore_index=ignore_index, fn=fn)
 
 
 def check_integer_labels(
