@@ -5,6 +5,8 @@ flag per field of :class:`jsoftmax.train.Config`; it needs the ``train`` extra,
 ``pip install "jsoftmax[train]"``). ``jsoftmax check`` and ``jsoftmax bench`` hand their
 arguments to :func:`jsoftmax._gradcheck.main` and :func:`jsoftmax.bench.__main__.main`.
 
+``jsoftmax --version`` prints the version.
+
 Examples::
 
     jsoftmax train                                   # digits, defaults, into runs/digits
@@ -29,11 +31,13 @@ _DELEGATED = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``jsoftmax`` argument parser (``train`` flags generated from ``Config``)."""
+    from jsoftmax import __version__
     from jsoftmax.train.cli import add_train_command
 
     parser = argparse.ArgumentParser(
         prog="jsoftmax", description="jsoftmax: train the digits example, check, benchmark."
     )
+    parser.add_argument("--version", action="version", version=f"jsoftmax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_command(sub)
     for name, (_, text) in _DELEGATED.items():
@@ -50,7 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # imported only when asked for: these modules pull in their own dependencies
         module = importlib.import_module(_DELEGATED[argv[0]][0])
         return int(module.main(argv[1:]) or 0)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # after `train` (nothing else stands before it: the top level's own flags exit), an
+        # unknown flag is train's to report, with train's usage
+        before = argv[: argv.index(args.command)] if args.command in argv else argv
+        (parser if before else args.subparser).error(f"unrecognized arguments: {' '.join(unknown)}")
     from jsoftmax.train.cli import run
 
     return run(args)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
+import shutil
 import subprocess
 import sys
 import types
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import jsoftmax
 from jsoftmax import __main__ as cli
 from jsoftmax.train import Config, get_config
 from jsoftmax.train.cli import parse_config
@@ -60,30 +63,84 @@ def test_flags_map_onto_config_fields():
     assert parse(["--output-dir", ""]).output_dir == ""
 
 
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"jsoftmax {jsoftmax.__version__}\n"
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--activation", "tanh"], "argument --activation: invalid choice: 'tanh'"),
-        (["--hidden-sizes", "32,x"], "expected comma-separated integers such as 256,256"),
+        (["--learning-rate", "-0.1"], "--learning-rate must be > 0, got -0.1"),
+        (["--epochs", "0"], "--epochs must be a positive int, got 0"),
+        (["--epochs", "0", "--warmup-epochs", "0.5"], "--epochs must be a positive int, got 0"),
+        (["--warmup-epochs", "31"], "--warmup-epochs must be in [0, --epochs=30], got 31.0"),
+        # a check across two fields blames the one the user typed, not the default
+        (["--val-fraction", "0.85"],
+         "--val-fraction must be < 0.8 (--val-fraction + --test-fraction < 1), got 0.85"),
+        (["--test-fraction", "0.95"],
+         "--test-fraction must be < 0.9 (--val-fraction + --test-fraction < 1), got 0.95"),
+        (["--test-fraction", "0.0002"], "--test-fraction must leave at least one test example, "
+         "got 0.0002, which splits the 1797 digits into 1617 train, 180 validation, 0 test"),
+        (["--data", "mnist"], "--data-dir must be the folder holding the MNIST IDX files when "
+         "--data is 'mnist', but it is not set"),
+        (["--resume", "--output-dir", ""], "--resume must be a checkpoint file, not 'latest', "
+         "when --output-dir is empty, got 'latest'"),
+        (["--hidden-sizes", "16,0"],
+         "--hidden-sizes must be a tuple of positive ints (may be empty), got (16, 0)"),
+        (["--activation", "tanh"], "argument --activation: invalid choice: 'tanh' "
+         "(choose from 'relu', 'gelu')"),
+        (["--hidden-sizes", "32,x"], "argument --hidden-sizes: expected comma-separated "
+         "integers such as 256,256; got '32,x'"),
         (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
-        (["--learning-rate", "-1"], "Config.learning_rate must be > 0; got -1.0"),
-        (["--data", "mnist"], "Config.data_dir must be the folder"),
-        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--epochs"], "argument --epochs: expected one argument"),
     ],
-)
-def test_bad_flags_exit_2_with_a_message(argv, message, capsys):
+)  # fmt: skip
+def test_bad_flag_values_are_one_line_naming_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["train", *argv])
     assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"jsoftmax train: error: {message}\n"  # no usage block
+    assert captured.out == ""
+    with pytest.raises(SystemExit):  # the same through parse_config
+        parse(argv)
+    assert capsys.readouterr().err == f"jsoftmax train: error: {message}\n"
+
+
+def test_unknown_flag_after_train_shows_the_train_usage(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--epochs", "3", "--bogus", "x"])
+    assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "usage: jsoftmax" in err and message in err
+    assert err.startswith("usage: jsoftmax train [-h]") and "--hidden-sizes N,N,..." in err
+    assert err.endswith("jsoftmax train: error: unrecognized arguments: --bogus x\n")
+    # before `train`, it is the top-level command's
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--bogus", "train"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: jsoftmax [-h] [--version]")
+    assert err.endswith("jsoftmax: error: unrecognized arguments: --bogus\n")
 
 
-def test_train_end_to_end(tmp_path, capsys):
+def test_train_end_to_end(tmp_path, capsys, monkeypatch):
+    from jsoftmax.train import loop
+
+    plotted = []
+    real_plot = loop.plot_history
+    monkeypatch.setattr(
+        loop, "plot_history", lambda *a, **kw: plotted.append(kw) or real_plot(*a, **kw)
+    )
     out = tmp_path / "run"
     assert cli.main(["train", *FAST, "--output-dir", str(out), "--quiet"]) == 0
     stdout = capsys.readouterr().out
     assert "test accuracy" in stdout and "1 epochs on" in stdout and str(out) in stdout
+    # the loss says what it is, printed and plotted
+    assert "(cross-entropy with label smoothing 0.1, nats)" in stdout
+    assert plotted[0]["loss_label"] == "loss, nats\n(cross-entropy with label smoothing 0.1)"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["hidden_sizes"] == [8] and metrics["config"]["epochs"] == 1
     assert f"test accuracy {metrics['test']['accuracy']:.4f}" in stdout
@@ -96,27 +153,45 @@ class _FakeTTY(io.StringIO):
         return True
 
 
-@pytest.mark.parametrize("quiet", [False, True])
-def test_progress_bar_on_a_tty_and_quiet(tmp_path, monkeypatch, quiet):
-    fake = _FakeTTY()
-    monkeypatch.setattr(sys, "stderr", fake)
+EPOCH_LINE = re.compile(
+    r"^epoch 1/1: train loss \d\.\d{4} accuracy \d\.\d{4}, "
+    r"validation loss \d\.\d{4} accuracy \d\.\d{4}, \d+\.\d\d s$",
+    re.MULTILINE,
+)
+HEADER = "training 1 epoch(s) of 5 steps on 1 device(s); loss: cross-entropy with label smoothing"
+
+
+@pytest.mark.parametrize(
+    ("stdout_tty", "quiet"), [(True, False), (False, False), (True, True)], ids=str
+)
+def test_progress_bar_on_a_tty_and_quiet(monkeypatch, stdout_tty, quiet):
+    """stderr a terminal: the tqdm bar; stdout a file too: also one line per epoch there."""
+    err, out = _FakeTTY(), (_FakeTTY() if stdout_tty else io.StringIO())
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(sys, "stdout", out)
     argv = ["train", *FAST, "--output-dir", "", *(["--quiet"] if quiet else [])]
     assert cli.main(argv) == 0
-    bar = fake.getvalue()
+    bar, printed = err.getvalue(), out.getvalue()
+    assert "test accuracy" in printed
     if quiet:
-        assert bar == ""
+        assert bar == "" and not EPOCH_LINE.search(printed) and HEADER not in printed
     else:
         assert "epoch 1/1" in bar and "loss=" in bar and "acc=" in bar and "val_acc=" in bar
+        # both on the same terminal: the bar alone; stdout to a file: the lines there too
+        assert bool(EPOCH_LINE.search(printed)) is (not stdout_tty)
 
 
-def test_no_progress_bar_when_not_a_tty_and_no_files_without_output_dir(
+def test_one_line_per_epoch_without_a_terminal_and_no_files_without_output_dir(
     tmp_path, capsys, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["train", *FAST, "--output-dir", ""]) == 0
     captured = capsys.readouterr()
-    assert captured.err == ""  # pytest's captured stderr is not a TTY: tqdm stays silent
-    assert "test accuracy" in captured.out and "checkpoints in" not in captured.out
+    assert captured.err == ""  # pytest's captured stderr is not a TTY: no bar
+    lines = captured.out.splitlines()
+    assert lines[0].startswith(HEADER), lines  # what the loss is, once
+    assert EPOCH_LINE.match(lines[1]), lines
+    assert lines[2].startswith("test accuracy") and len(lines) == 3
     assert list(tmp_path.iterdir()) == []  # --output-dir '' writes nothing anywhere
 
 
@@ -136,6 +211,173 @@ def test_resume_errors_exit_1(tmp_path, capsys):
     bad.write_bytes(b"garbage")
     assert cli.main([*argv[:-2], "--resume", str(bad), "--quiet"]) == 1
     assert "not a readable checkpoint" in capsys.readouterr().err
+    missing = tmp_path / "nope.npz"
+    assert cli.main([*argv[:-2], "--resume", str(missing), "--quiet"]) == 1
+    assert capsys.readouterr().err == (
+        "jsoftmax train: error: --resume must name an existing checkpoint file; "
+        f"got {str(missing)!r}\n"
+    )
+
+
+TWO = [*FAST[:2], "--epochs", "2", *FAST[4:]]  # FAST, but two epochs
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished two-epoch run of TWO: its folder, to copy (checkpoints of epochs 1 and 2)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert cli.main(["train", *TWO, "--output-dir", str(out), "--quiet"]) == 0
+    return out
+
+
+def _copy_run(finished_run, tmp_path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    return out
+
+
+def test_resume_a_finished_run_changes_nothing(finished_run, tmp_path, capsys):
+    out = _copy_run(finished_run, tmp_path)
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert cli.main(["train", *TWO, "--output-dir", str(out), "--resume"]) == 0
+    stdout = capsys.readouterr().out.splitlines()
+    newest = out / "checkpoints" / "epoch_0002.npz"
+    assert stdout[0] == (
+        f"resuming from {newest} (epoch 2 of 2): the run is finished, nothing to train"
+    )
+    assert stdout[1].startswith("test accuracy") and len(stdout) == 2  # no "written to"
+    test = json.loads(before[out / "metrics.json"])["test"]
+    assert f"test accuracy {test['accuracy']:.4f} and loss {test['loss']:.4f}" in stdout[1]
+    # metrics.json (with its timings), the plot and the checkpoints: byte for byte as they were
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_resume_says_where_from_and_what_is_left(finished_run, tmp_path, capsys):
+    out = _copy_run(finished_run, tmp_path)
+    (out / "checkpoints" / "epoch_0002.npz").unlink()
+    capsys.readouterr()
+    assert cli.main(["train", *TWO, "--output-dir", str(out), "--resume"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    first = out / "checkpoints" / "epoch_0001.npz"
+    assert lines[0] == f"resuming from {first} (epoch 1 of 2): 1 epoch(s) left"
+    assert lines[1].startswith("training 1 epoch(s) of 5 steps")
+    assert lines[2].startswith("epoch 2/2: train loss ")  # only epoch 2 trained
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert history == json.loads((finished_run / "metrics.json").read_text())["history"]
+
+
+def test_a_run_cannot_be_extended_nor_resumed_with_other_layers(finished_run, tmp_path, capsys):
+    out = _copy_run(finished_run, tmp_path)
+    before = (out / "metrics.json").read_bytes()
+    newest = out / "checkpoints" / "epoch_0002.npz"
+    more = [*FAST[:2], "--epochs", "3", *FAST[4:], "--output-dir", str(out), "--resume"]
+    assert cli.main(["train", *more]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"jsoftmax train: error: cannot resume from {newest}: it was trained with other "
+        "settings (epochs: checkpoint has 2, flags say 3); resume with the checkpoint's: "
+        "--epochs 2; a run cannot be extended: its learning-rate schedule (warm-up, then a "
+        "cosine decay to 0 at the last epoch) is fixed by epochs, so to train longer start a "
+        "new run with more epochs\n"
+    )
+    wider = [*TWO, "--hidden-sizes", "16,16", "--output-dir", str(out), "--resume"]
+    assert cli.main(["train", *wider]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"jsoftmax train: error: cannot resume from {newest}: it was trained with other "
+        "settings (hidden_sizes: checkpoint has (8,), flags say (16, 16)); resume with the "
+        "checkpoint's: --hidden-sizes 8\n"
+    )
+    assert (out / "metrics.json").read_bytes() == before
+
+
+def test_corrupt_newest_checkpoint_names_the_previous_one(finished_run, tmp_path, capsys):
+    out = _copy_run(finished_run, tmp_path)
+    newest, previous = (out / "checkpoints" / f"epoch_000{e}.npz" for e in (2, 1))
+    newest.write_bytes(newest.read_bytes()[:-100])  # truncated
+    argv = ["train", *TWO, "--output-dir", str(out), "--quiet"]
+    assert cli.main([*argv, "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"jsoftmax train: error: {newest}: not a readable checkpoint")
+    assert err.endswith(
+        f"; the previous checkpoint, {previous} (epoch 1), is intact: --resume {previous}\n"
+    )
+    assert err.count("\n") == 1
+    assert cli.main([*argv, "--resume", str(previous)]) == 0  # and resuming from it works
+    capsys.readouterr()
+    previous.write_bytes(b"garbage")
+    newest.write_bytes(b"garbage too")  # (the resumed run had rewritten it)
+    assert cli.main([*argv, "--resume"]) == 1
+    assert capsys.readouterr().err.endswith(
+        f"; there is no intact earlier checkpoint in {out / 'checkpoints'}\n"
+    )
+
+
+def _interrupt_at(monkeypatch, call: int) -> None:
+    """Make the training step raise KeyboardInterrupt (Ctrl-C) on its ``call``-th call."""
+    from jsoftmax.train import loop
+
+    real = loop.make_train_step
+
+    def make_train_step(*args, **kwargs):
+        step, calls = real(*args, **kwargs), []
+
+        def interruptible(state, batch):
+            calls.append(1)
+            if len(calls) == call:
+                raise KeyboardInterrupt
+            return step(state, batch)
+
+        return interruptible
+
+    monkeypatch.setattr(loop, "make_train_step", make_train_step)
+
+
+def test_ctrl_c_is_one_line_and_exit_130_then_resume(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    argv = ["train", *TWO, "--output-dir", str(out), "--quiet"]
+    _interrupt_at(monkeypatch, 7)  # 5 steps per epoch: in epoch 2
+    assert cli.main(argv) == 130
+    captured = capsys.readouterr()
+    saved = out / "checkpoints" / "epoch_0001.npz"
+    assert captured.err == (
+        f"jsoftmax train: interrupted during epoch 2 of 2; epoch 1 is saved in {saved}: "
+        "continue with the same flags and --resume\n"
+    )
+    assert "Traceback" not in captured.out
+    monkeypatch.undo()
+    assert cli.main([*argv, "--resume"]) == 0
+    assert capsys.readouterr().out.startswith(f"resuming from {saved} (epoch 1 of 2)")
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == [
+        "epoch_0001.npz", "epoch_0002.npz",
+    ]  # fmt: skip
+
+
+def test_ctrl_c_without_checkpoints_or_before_training(tmp_path, capsys, monkeypatch):
+    _interrupt_at(monkeypatch, 2)
+    assert cli.main(["train", *FAST, "--output-dir", "", "--quiet"]) == 130
+    assert capsys.readouterr().err == (
+        "jsoftmax train: interrupted during epoch 1 of 1; no checkpoint of this run was saved "
+        "(--output-dir '' saves none)\n"
+    )
+    from jsoftmax.train import loop
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "load_dataset", ctrl_c)
+    assert cli.main(["train", *FAST, "--output-dir", "", "--quiet"]) == 130
+    assert capsys.readouterr().err == (
+        "jsoftmax train: interrupted outside the training epochs (loading, compiling or the "
+        "final evaluation)\n"
+    )
+
+
+def test_readme_states_how_many_checkpoints_are_kept_and_that_runs_cannot_be_extended():
+    readme = (REPO / "README.md").read_text()
+    assert f"keeps the {Config().keep_checkpoints} newest checkpoints" in readme
+    assert "cannot be extended" in readme
 
 
 EXTRA = 'pip install "jsoftmax[train]"'

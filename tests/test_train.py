@@ -38,6 +38,8 @@ from jsoftmax.train import (
     train_step,
 )
 from jsoftmax.train.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from jsoftmax.train.config import ConfigError
+from jsoftmax.train.loop import ResumeMismatchError
 from jsoftmax.train.model import he_init
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,7 +189,12 @@ def test_config_rejects_bad_field(field, value, error, fragment):
     with pytest.raises(error) as info:
         get_config(**{field: value})
     message = str(info.value)
-    assert type(info.value) is error
+    # out of range: ConfigError, a ValueError holding the parts the command line rewords
+    assert type(info.value) is (ConfigError if error is ValueError else TypeError)
+    if error is ValueError:
+        e = info.value
+        assert (e.field, e.got) == (field, repr(value))
+        assert e.requirement == "must be " + message.split(" must be ", 1)[1].split("; got")[0]
     assert message.startswith(f"Config.{field} must be "), message
     assert fragment in message, message
     assert f"; got {value!r}" in message, message  # and what it was given
@@ -210,7 +217,8 @@ def test_every_config_field_has_a_bad_value_row():
     [
         ({"data": "mnist"}, "data_dir", "the folder holding the MNIST IDX files"),
         ({"data": "mnist", "data_dir": ""}, "data_dir", "the folder holding the MNIST IDX"),
-        ({"val_fraction": 0.5, "test_fraction": 0.5}, "test_fraction", "< 1 - val_fraction"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "test_fraction",
+         r"< 0\.5 \(val_fraction \+ test_fraction < 1\); got 0\.5"),
         ({"warmup_epochs": 3, "epochs": 2}, "warmup_epochs", r"in \[0, epochs=2\]; got 3"),
         ({"resume": "latest", "output_dir": ""}, "resume", "not 'latest', when output_dir"),
         ({"resume": "latest", "output_dir": None}, "resume", "not 'latest', when output_dir"),
@@ -219,8 +227,30 @@ def test_every_config_field_has_a_bad_value_row():
          "warmup-longer-than-run", "latest-without-output_dir", "latest-with-None-output_dir"],
 )  # fmt: skip
 def test_config_rejects_inconsistent_fields(overrides, field, match):
-    with pytest.raises(ValueError, match=rf"^Config\.{field} must be .*{match}"):
+    with pytest.raises(ConfigError, match=rf"^Config\.{field} must be .*{match}"):
         get_config(**overrides)
+
+
+def test_checks_across_fields_can_blame_either_field():
+    """Which field is wrong depends on which one the user set; the error carries both."""
+    with pytest.raises(ConfigError) as info:
+        get_config(val_fraction=0.85)  # test_fraction keeps its default 0.2
+    e = info.value
+    assert (e.field, e.got) == ("test_fraction", "0.2")
+    assert e.instead == {
+        "val_fraction": ("must be < 0.8 (val_fraction + test_fraction < 1)", "0.85")
+    }
+    with pytest.raises(ConfigError) as info:
+        get_config(warmup_epochs=3.0, epochs=2)
+    assert (info.value.field, info.value.requirement) == (
+        "warmup_epochs",
+        "must be in [0, epochs=2]",
+    )
+    assert info.value.instead == {"epochs": ("must be a positive int >= warmup_epochs=3.0", "2")}
+    # epochs is checked before the warm-up it bounds: 0 epochs is an epochs error
+    for warmup in (1.0, 0.5, 0):
+        with pytest.raises(ConfigError, match=r"^Config\.epochs must be a positive int; got 0$"):
+            get_config(epochs=0, warmup_epochs=warmup)
 
 
 def test_default_and_typical_configs_validate():
@@ -751,12 +781,13 @@ def test_same_seed_same_metrics(two_epochs, tmp_path):
     assert leaves_equal(jax.device_get(second.state), jax.device_get(first.state))
 
 
-def test_resume_ends_at_bitwise_the_same_parameters(two_epochs, tmp_path):
+def test_resume_ends_at_bitwise_the_same_parameters(two_epochs, tmp_path, capsys):
     out, result = two_epochs
     full = result.metrics
-    resumed = train_and_evaluate(
-        small_config(tmp_path, resume=str(out / "checkpoints" / "epoch_0001.npz"))
-    ).metrics
+    first = out / "checkpoints" / "epoch_0001.npz"
+    capsys.readouterr()
+    resumed = train_and_evaluate(small_config(tmp_path, resume=str(first))).metrics
+    assert capsys.readouterr().out == f"resuming from {first} (epoch 1 of 2): 1 epoch(s) left\n"
     assert resumed["history"] == full["history"]
     assert resumed["test"] == full["test"]
     # only epoch 2 was trained again
@@ -780,10 +811,57 @@ def test_resume_latest_and_its_errors(two_epochs, tmp_path):
         tmp_path / "checkpoints" / "epoch_0002.npz"
     )
     ckpt = str(out / "checkpoints" / "epoch_0001.npz")
-    with pytest.raises(CheckpointError, match=r"config differs .*learning_rate: 0.003 -> 0.01"):
+    with pytest.raises(ResumeMismatchError) as info:
         train_and_evaluate(small_config(tmp_path, resume=ckpt, learning_rate=0.01))
-    with pytest.raises(CheckpointError, match="missing leaves"):
-        train_and_evaluate(small_config(tmp_path, resume=ckpt, hidden_sizes=(16, 16)))
+    assert str(info.value) == (
+        f"cannot resume from {ckpt}: it was trained with other settings (learning_rate: "
+        "checkpoint has 0.003, config has 0.01); resume with the checkpoint's settings"
+    )
+    # other layer sizes: the setting that differs, not a dump of the leaves
+    with pytest.raises(ResumeMismatchError) as info:
+        train_and_evaluate(small_config(tmp_path, resume=ckpt, hidden_sizes=(16, 16), seed=1))
+    assert info.value.differences == [("hidden_sizes", (16,), (16, 16)), ("seed", 0, 1)]
+    assert "hidden_sizes: checkpoint has (16,), config has (16, 16), seed: " in str(info.value)
+    with pytest.raises(ResumeMismatchError, match="a run cannot be extended: its learning-rate"):
+        train_and_evaluate(small_config(tmp_path, resume=ckpt, epochs=3))
+    assert isinstance(info.value, CheckpointError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]  # nothing written
+
+
+def test_resume_from_a_corrupt_newest_checkpoint_names_the_previous(two_epochs, tmp_path):
+    out, _ = two_epochs
+    shutil.copytree(out / "checkpoints", tmp_path / "checkpoints")
+    newest, previous = (tmp_path / "checkpoints" / f"epoch_000{e}.npz" for e in (2, 1))
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as info:
+        train_and_evaluate(small_config(tmp_path, resume="latest"))
+    assert str(info.value).startswith(f"{newest}: not a readable checkpoint")
+    assert str(info.value).endswith(
+        f"; the previous checkpoint, {previous} (epoch 1), is intact: --resume {previous}"
+    )
+    # a flipped byte inside an array: caught by the digests, same pointer back
+    newest.write_bytes(data)
+    w = np.load(newest)["leaf_00001"].tobytes()
+    pos = data.find(w[:64])
+    newest.write_bytes(data[:pos] + bytes([data[pos] ^ 0xFF]) + data[pos + 1 :])
+    with pytest.raises(CheckpointError, match=r"corrupt.*; the previous checkpoint, .*is intact"):
+        train_and_evaluate(small_config(tmp_path, resume="latest"))
+
+
+def test_a_new_run_replaces_the_checkpoints_of_an_earlier_one(two_epochs, tmp_path, capsys):
+    """Left there, a finished run's epoch 2 would be what --resume picks after a new run's
+    epoch 1, and keep_checkpoints=1 would delete the new epoch 1 instead of the old epoch 2."""
+    out, _ = two_epochs
+    shutil.copytree(out / "checkpoints", tmp_path / "checkpoints")
+    train_and_evaluate(small_config(tmp_path, epochs=1, warmup_epochs=0.5, keep_checkpoints=1,
+                                    plot=False))  # fmt: skip
+    assert capsys.readouterr().out == (
+        f"removed 2 checkpoint(s) of an earlier run from {tmp_path / 'checkpoints'} (epochs 1, 2)\n"
+    )
+    (epoch, path), *rest = checkpoints.list_checkpoints(tmp_path / "checkpoints")
+    assert epoch == 1 and not rest
+    assert checkpoints.read_manifest(path)["metadata"]["config"]["epochs"] == 1
 
 
 def _write_idx(path, a):

@@ -7,7 +7,7 @@ The training demo behind ``jsoftmax train``. It needs the ``train`` extra
 concern:
 
 * :mod:`~jsoftmax.train.config`: :class:`Config` (every field a ``jsoftmax train`` flag, checked
-  when built) and :func:`get_config`.
+  when built; an out-of-range value raises :class:`ConfigError`) and :func:`get_config`.
 * :mod:`~jsoftmax.train.model`: :func:`init_mlp` / :func:`mlp_apply`, a list of ``{"w", "b"}``
   dense layers with ReLU or GELU between them and logits out.
 * :mod:`~jsoftmax.train.optimizer`: :func:`make_optimizer`, optax AdamW (default) or SGD with
@@ -22,8 +22,10 @@ concern:
   placed on it, results read back.
 * :mod:`~jsoftmax.train.checkpoints`: one ``.npz`` checkpoint per epoch, no pickle.
 * :mod:`~jsoftmax.train.plots`: :func:`plot_history`, the loss and accuracy curves.
-* :mod:`~jsoftmax.train.loop`: :func:`train_and_evaluate` (progress bar, metrics, files),
-  returning a :class:`TrainResult`, and :func:`evaluate`.
+* :mod:`~jsoftmax.train.loop`: :func:`train_and_evaluate` (progress bar or per-epoch lines,
+  metrics, files, resuming), returning a :class:`TrainResult`, and :func:`evaluate`; Ctrl-C
+  raises :class:`TrainingInterrupted`, a checkpoint of other settings
+  :class:`ResumeMismatchError`.
 * :mod:`~jsoftmax.train.cli`: the ``jsoftmax train`` subcommand's flags.
 * :mod:`~jsoftmax.train.extras`: the optional packages and the error naming what to install.
 
@@ -34,9 +36,15 @@ Example::
     result.metrics["test"]["accuracy"], result.state.params
 """
 
-from jsoftmax.train.config import RESUME_MAY_DIFFER, Config, get_config
+from jsoftmax.train.config import RESUME_MAY_DIFFER, Config, ConfigError, get_config
 from jsoftmax.train.extras import MissingExtraError
-from jsoftmax.train.loop import TrainResult, evaluate, train_and_evaluate
+from jsoftmax.train.loop import (
+    ResumeMismatchError,
+    TrainingInterrupted,
+    TrainResult,
+    evaluate,
+    train_and_evaluate,
+)
 from jsoftmax.train.model import Params, init_mlp, mlp_apply
 from jsoftmax.train.optimizer import make_optimizer
 from jsoftmax.train.plots import plot_history
@@ -58,10 +66,13 @@ __all__ = [
     "RESUME_MAY_DIFFER",
     "Batch",
     "Config",
+    "ConfigError",
     "MissingExtraError",
     "Params",
+    "ResumeMismatchError",
     "TrainResult",
     "TrainState",
+    "TrainingInterrupted",
     "eval_step",
     "evaluate",
     "get_config",

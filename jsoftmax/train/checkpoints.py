@@ -39,6 +39,7 @@ import numpy as np
 
 __all__ = [
     "CheckpointError",
+    "check_checkpoint",
     "checkpoint_path",
     "latest_checkpoint",
     "list_checkpoints",
@@ -220,6 +221,34 @@ def read_manifest(path: str | os.PathLike) -> dict:
         return _manifest(path, archive)
 
 
+def _read_leaf(path: str, archive, entry: dict) -> np.ndarray:
+    """One stored leaf, checked against its digest and dtype in the manifest."""
+    a = _read_array(path, archive, entry["name"])
+    if _digest(a) != entry["sha256"] or a.dtype.str != entry["dtype"]:
+        raise CheckpointError(
+            f"{path}: leaf {entry['path']} fails its SHA-256 check; the file is corrupt"
+        )
+    return a
+
+
+def check_checkpoint(path: str | os.PathLike) -> dict:
+    """Read every array of the checkpoint at ``path`` and check its digest; return the manifest.
+
+    What :func:`load_checkpoint` checks of the file itself, without a target: use it to tell
+    whether a file is intact before knowing the model.
+
+    Raises:
+      FileNotFoundError: no such file.
+      CheckpointError: the file is corrupt or truncated, or a digest does not match.
+    """
+    path = os.fspath(path)
+    with _open(path) as archive:
+        manifest = _manifest(path, archive)
+        for entry in manifest["leaves"]:
+            _read_leaf(path, archive, entry)
+    return manifest
+
+
 def load_checkpoint(path: str | os.PathLike, target: Any) -> tuple[Any, dict]:
     """Read a checkpoint into the structure of ``target``; return ``(tree, metadata)``.
 
@@ -254,11 +283,7 @@ def load_checkpoint(path: str | os.PathLike, target: Any) -> tuple[Any, dict]:
             )
         leaves = []
         for entry, (_, ref) in zip(entries, target_leaves, strict=True):
-            a = _read_array(path, archive, entry["name"])
-            if _digest(a) != entry["sha256"] or a.dtype.str != entry["dtype"]:
-                raise CheckpointError(
-                    f"{path}: leaf {entry['path']} fails its SHA-256 check; the file is corrupt"
-                )
+            a = _read_leaf(path, archive, entry)
             if entry["prng_impl"] is not None:
                 a = jax.random.wrap_key_data(a, impl=entry["prng_impl"])
             ref_shape = np.shape(ref)

@@ -2,7 +2,10 @@
 
 The flags are generated from the dataclass (``hidden_sizes`` becomes ``--hidden-sizes 256,256``,
 booleans get ``--plot`` / ``--no-plot``, unset flags keep the field's default); the subcommand
-does nothing but build the config and call :func:`jsoftmax.train.train_and_evaluate`.
+does nothing but build the config, call :func:`jsoftmax.train.train_and_evaluate` and report.
+A bad flag value is one line naming the flag (``--learning-rate must be > 0, got -0.1``) and exit
+status 2; a problem with the data or a checkpoint one line and status 1; Ctrl-C one line saying
+where training stopped and how to continue, and status 130.
 ``jsoftmax/__main__.py`` adds it to the ``jsoftmax`` command with :func:`add_train_command` and
 runs it with :func:`run`.
 
@@ -12,19 +15,22 @@ Examples::
     jsoftmax train --epochs 10 --optimizer sgd --learning-rate 0.05
     jsoftmax train --data mnist --data-dir ~/data/mnist --output-dir runs/mnist
     jsoftmax train --resume                          # continue from runs/digits/checkpoints
+                                                     # (give the run's own flags again)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import re
 import sys
 import types
 import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-from jsoftmax.train.config import Config, get_config
+from jsoftmax.train.config import Config, ConfigError, get_config
 
 __all__ = ["add_train_command", "parse_config", "run"]
 
@@ -71,8 +77,47 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None
         parser.add_argument("--" + f.name.replace("_", "-"), **kw)
 
 
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+_FIELDS = re.compile(r"\b(" + "|".join(f.name for f in dataclasses.fields(Config)) + r")\b")
+
+
+def _flags_in(text: str) -> str:
+    """``text`` with every Config field name written as its flag (``epochs`` -> ``--epochs``)."""
+    return _FIELDS.sub(lambda m: _flag(m.group(1)), text)
+
+
+def _blamed_flag(message: str) -> str:
+    """A message that starts with ``Config.FIELD`` starting with its flag instead."""
+    return re.sub(r"^Config\.(\w+)", lambda m: _flag(m.group(1)), message)
+
+
+def _flag_value(value: Any) -> str:
+    """A config value as it is typed after its flag (``(256, 256)`` -> ``256,256``)."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _one_line_value_errors(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser`` report a bad flag value in one line, without the usage block.
+
+    argparse words those errors ``argument --epochs: invalid int value: 'two'``; anything else
+    (an unknown flag) still gets the usage.
+    """
+    with_usage = parser.error
+
+    def error(message: str) -> NoReturn:
+        if message.startswith("argument "):
+            parser.exit(2, f"{parser.prog}: error: {message}\n")
+        with_usage(message)
+
+    parser.error = error  # type: ignore[method-assign]
+
+
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     _add_config_flags(parser, Config)
+    _one_line_value_errors(parser)
     parser.set_defaults(subparser=parser)  # so errors print the train usage line
     return parser
 
@@ -82,12 +127,35 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     return _configure(subparsers.add_parser("train", help=_HELP, description=_DESCRIPTION))
 
 
+def _fail(message: str, status: int = 2) -> NoReturn:
+    print(f"jsoftmax train: error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def _config_error_message(e: ConfigError, given: set[str]) -> str:
+    """``e`` in the user's terms: the flag they typed, ``--learning-rate must be > 0, got -0.1``.
+
+    A check across fields names the field the user set: ``--val-fraction 0.85`` is reported on
+    ``--val-fraction``, not on the default ``test_fraction`` it collides with.
+    """
+    field, requirement, got = e.field, e.requirement, e.got
+    if field not in given:
+        for other, (other_requirement, other_got) in e.instead.items():
+            if other in given:
+                field, requirement, got = other, other_requirement, other_got
+                break
+    said = ", but it is not set" if got == "None" else f", got {got}"
+    return f"{_flags_in(field)} {_flags_in(requirement)}{said}{_flags_in(e.note)}"
+
+
 def _config(args: argparse.Namespace) -> Config:
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "subparser")}
     try:
         return get_config(**overrides)
-    except ValueError as e:
-        args.subparser.error(str(e))  # exits with status 2 and the usage line
+    except ConfigError as e:
+        _fail(_config_error_message(e, set(overrides)))
+    except (TypeError, ValueError) as e:
+        _fail(_blamed_flag(str(e)))
 
 
 def parse_config(argv: Sequence[str]) -> Config:
@@ -96,16 +164,56 @@ def parse_config(argv: Sequence[str]) -> Config:
     return _config(_configure(parser).parse_args(list(argv)))
 
 
+def _mismatch_message(e: Any) -> str:
+    """A checkpoint written with other settings: each one, and the flags that resume it."""
+    details = ", ".join(
+        f"{field}: checkpoint has {saved!r}, flags say {now!r}"
+        for field, saved, now in e.differences
+    )
+    fix = " ".join(f"{_flag(field)} {_flag_value(saved)}" for field, saved, _ in e.differences)
+    from jsoftmax.train.loop import _NO_EXTENDING
+
+    return (
+        f"cannot resume from {e.path}: it was trained with other settings ({details}); "
+        f"resume with the checkpoint's: {fix}{_NO_EXTENDING if e.changes_epochs else ''}"
+    )
+
+
+def _interrupted_message(e: Any, config: Config) -> str:
+    """Ctrl-C during training: where it stopped and how to continue."""
+    from jsoftmax.train.checkpoints import latest_checkpoint
+
+    text = f"interrupted {'after' if e.checkpoint_epoch == e.epoch else 'during'} epoch "
+    text += f"{e.epoch} of {e.epochs}; "
+    if e.checkpoint is None:
+        why = " (--output-dir '' saves none)" if not config.output_dir else ""
+        return text + f"no checkpoint of this run was saved{why}"
+    folder = os.path.join(config.output_dir, "checkpoints") if config.output_dir else None
+    newest = latest_checkpoint(folder) if folder else None
+    same = newest is not None and os.path.abspath(newest) == os.path.abspath(e.checkpoint)
+    resume = "--resume" if same else f"--resume {e.checkpoint}"
+    return text + (
+        f"epoch {e.checkpoint_epoch} is saved in {e.checkpoint}: continue with the same flags "
+        f"and {resume}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Train as the parsed ``jsoftmax train`` flags say; print a summary; return the exit status.
 
     A missing package of the ``train`` extra, or a problem with the data or a checkpoint, is
-    one line on stderr and exit status 1.
+    one line on stderr and exit status 1. Ctrl-C is one line saying where training stopped and
+    how to continue, and exit status 130.
     """
     from jsoftmax.train.checkpoints import CheckpointError
     from jsoftmax.train.data import DataError
     from jsoftmax.train.extras import MissingExtraError
-    from jsoftmax.train.loop import train_and_evaluate
+    from jsoftmax.train.loop import (
+        ResumeMismatchError,
+        TrainingInterrupted,
+        loss_label,
+        train_and_evaluate,
+    )
 
     config = _config(args)
     try:
@@ -113,16 +221,30 @@ def run(args: argparse.Namespace) -> int:
     except MissingExtraError as e:
         print(e, file=sys.stderr)
         return 1
-    except (FileNotFoundError, DataError, CheckpointError) as e:
-        print(f"jsoftmax train: error: {e}", file=sys.stderr)
+    except ResumeMismatchError as e:
+        print(f"jsoftmax train: error: {_mismatch_message(e)}", file=sys.stderr)
         return 1
+    except (FileNotFoundError, NotADirectoryError, DataError, CheckpointError) as e:
+        print(f"jsoftmax train: error: {_blamed_flag(str(e))}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as e:
+        print(f"jsoftmax train: {_interrupted_message(e, config)}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(
+            "jsoftmax train: interrupted outside the training epochs (loading, compiling or the "
+            "final evaluation)",
+            file=sys.stderr,
+        )
+        return 130
     test, last = metrics["test"], metrics["history"][-1] if metrics["history"] else {}
+    trained = len(metrics["timing"]["epoch_s"])
     print(
-        f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}), "
-        f"validation accuracy {last.get('val_accuracy', float('nan')):.4f}, "
-        f"{len(metrics['history'])} epochs on {metrics['devices']} device(s), "
-        f"{metrics['timing']['wall_s']:.1f} s"
+        f"test accuracy {test['accuracy']:.4f} and loss {test['loss']:.4f} "
+        f"({loss_label(config)}); validation accuracy "
+        f"{last.get('val_accuracy', float('nan')):.4f}; {len(metrics['history'])} epochs on "
+        f"{metrics['devices']} device(s), {metrics['timing']['wall_s']:.1f} s"
     )
-    if config.output_dir:
+    if config.output_dir and trained:
         print(f"metrics, plot and checkpoints in {config.output_dir}")
     return 0

@@ -18,7 +18,7 @@ import numpy as np
 from jsoftmax.train.data import DIGITS_SIZE, split_sizes
 from jsoftmax.train.model import ACTIVATIONS
 
-__all__ = ["RESUME_MAY_DIFFER", "Config", "get_config"]
+__all__ = ["RESUME_MAY_DIFFER", "Config", "ConfigError", "get_config"]
 
 _DATASETS = ("digits", "mnist")
 _OPTIMIZERS = ("adamw", "sgd")
@@ -42,8 +42,38 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+class ConfigError(ValueError):
+    """A :class:`Config` field is out of range; the message names the field and its value.
+
+    ``str(error)`` reads ``Config.FIELD REQUIREMENT; got VALUE[NOTE]``. The parts are kept so that
+    ``jsoftmax train`` can say the same with the flag the user typed (``--learning-rate must be
+    > 0, got -0.1``).
+
+    Attributes:
+      field: the field blamed (``"val_fraction + test_fraction"`` when it is their sum).
+      requirement: what it must be, e.g. ``"must be > 0"``.
+      got: the offending value as text.
+      note: anything said after the value (may be empty).
+      instead: for a check across fields, the same error blamed on another field involved,
+        ``{field: (requirement, got)}``: when a user set only that other field, it is the one
+        to name (``--val-fraction 0.85`` is too large, not the default ``test_fraction``).
+    """
+
+    def __init__(
+        self,
+        field: str,
+        requirement: str,
+        got: str,
+        note: str = "",
+        instead: dict[str, tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(f"Config.{field} {requirement}; got {got}{note}")
+        self.field, self.requirement, self.got, self.note = field, requirement, got, note
+        self.instead = dict(instead or {})
+
+
 def _check_digits_split(val_fraction: float, test_fraction: float) -> None:
-    """Raise ``ValueError`` if the fractions leave a split of the digits without an example."""
+    """Raise :class:`ConfigError` if the fractions leave a digits split without an example."""
     sizes = split_sizes(DIGITS_SIZE, val_fraction, test_fraction)
     if all(sizes.values()):
         return
@@ -55,9 +85,11 @@ def _check_digits_split(val_fraction: float, test_fraction: float) -> None:
         name, split = "val_fraction + test_fraction", "training"
         got = f"{val_fraction!r} + {test_fraction!r}"
     counts = ", ".join(f"{n} {part}" for part, n in sizes.items())
-    raise ValueError(
-        f"Config.{name} must leave at least one {split} example; got {got}, which splits the "
-        f"{DIGITS_SIZE} digits into {counts}"
+    raise ConfigError(
+        name,
+        f"must leave at least one {split} example",
+        got,
+        f", which splits the {DIGITS_SIZE} digits into {counts}",
     )
 
 
@@ -71,12 +103,12 @@ class Config:
     """Everything that defines a training run. Every field is a ``jsoftmax train`` flag.
 
     Every field is checked when the config is built: a value of the wrong type raises
-    ``TypeError`` and a value out of range ``ValueError``, both naming the field, what it must be
-    and what it got (``Config.seed must be a non-negative int below 2**32; got -1``). NumPy
-    scalars and ``os.PathLike`` paths are accepted and stored as plain Python values; a bool is
-    not accepted where an int or a number is expected. What depends on files (the data, the
-    checkpoint to resume) is checked by :func:`jsoftmax.train.train_and_evaluate` before it
-    compiles anything.
+    ``TypeError`` and a value out of range :class:`ConfigError` (a ``ValueError``), both naming
+    the field, what it must be and what it got (``Config.seed must be a non-negative int below
+    2**32; got -1``). NumPy scalars and ``os.PathLike`` paths are accepted and stored as plain
+    Python values; a bool is not accepted where an int or a number is expected. What depends on
+    files (the data, the checkpoint to resume) is checked by
+    :func:`jsoftmax.train.train_and_evaluate` before it compiles anything.
     """
 
     # data
@@ -98,7 +130,9 @@ class Config:
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy, in [0, 1]")
     batch_size: int = _opt(64, "training batch size (over all devices)")
     eval_batch_size: int = _opt(1024, "evaluation batch size (over all devices)")
-    epochs: int = _opt(30, "number of passes over the training set")
+    epochs: int = _opt(
+        30, "passes over the training set; the learning-rate schedule ends at the last one"
+    )
     # outputs
     output_dir: str | None = _opt(
         "runs/digits", "where metrics.json, metrics.png and checkpoints/ go ('' for nowhere)"
@@ -106,17 +140,29 @@ class Config:
     keep_checkpoints: int = _opt(3, "how many of the newest epoch checkpoints to keep (0: all)")
     resume: str | None = _opt(
         None,
-        "continue from a checkpoint file, or from the newest in the output folder ('latest')",
+        "continue from a checkpoint file, or from the newest in the output folder ('latest'); "
+        "give the same settings as the run that wrote it",
         const="latest",
     )
     plot: bool = _opt(True, "write metrics.png")
-    quiet: bool = _opt(False, "no progress bar")
+    quiet: bool = _opt(False, "no progress bar and no per-epoch lines")
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str, error: type[Exception] = ValueError) -> None:
+        def fail(
+            name: str,
+            expected: str,
+            error: type[Exception] = ValueError,
+            instead: dict[str, str] | None = None,
+        ) -> None:
             value = getattr(self, name)
-            got = f"{value!r} ({type(value).__name__})" if error is TypeError else repr(value)
-            raise error(f"Config.{name} must be {expected}; got {got}")
+            if error is TypeError:
+                raise TypeError(
+                    f"Config.{name} must be {expected}; got {value!r} ({type(value).__name__})"
+                )
+            others = {
+                k: (f"must be {v}", repr(getattr(self, k))) for k, v in (instead or {}).items()
+            }
+            raise ConfigError(name, f"must be {expected}", repr(value), instead=others)
 
         def store(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
@@ -136,7 +182,9 @@ class Config:
                 fail(name, expected)
             store(name, int(value))  # NumPy integers become plain ints (JSON-ready)
 
-        def number(name: str, expected: str, within: Any) -> None:
+        def number(
+            name: str, expected: str, within: Any, instead: dict[str, str] | None = None
+        ) -> None:
             value = getattr(self, name)
             if not _is_real(value):
                 fail(name, f"a number {expected}", TypeError)
@@ -147,7 +195,7 @@ class Config:
             if not finite:
                 fail(name, "finite")
             if not within(value):
-                fail(name, expected)
+                fail(name, expected, instead=instead)
             if isinstance(value, (np.integer, np.floating)):  # plain Python numbers (JSON-ready)
                 store(name, value.item())
 
@@ -171,11 +219,16 @@ class Config:
         choice("data", _DATASETS, "'digits' or 'mnist'")
         path("data_dir", "a folder path (str or os.PathLike) or None")
         if self.data == "mnist" and not self.data_dir:
-            fail("data_dir", "the folder holding the MNIST IDX files when data='mnist'")
+            fail("data_dir", "the folder holding the MNIST IDX files when data is 'mnist'")
         for name in ("val_fraction", "test_fraction"):
             number(name, "in (0, 1)", lambda v: 0.0 < v < 1.0)
-        if self.val_fraction + self.test_fraction >= 1.0:
-            fail("test_fraction", f"< 1 - val_fraction = {1 - self.val_fraction}")
+        if self.val_fraction + self.test_fraction >= 1.0:  # blame the one the user set
+            why = "(val_fraction + test_fraction < 1)"
+            fail(
+                "test_fraction",
+                f"< {1 - self.val_fraction:g} {why}",
+                instead={"val_fraction": f"< {1 - self.test_fraction:g} {why}"},
+            )
         if self.data == "digits":  # rounding can still leave a split of the digits empty
             _check_digits_split(self.val_fraction, self.test_fraction)
         integer("split_seed", "a non-negative int", 0)
@@ -193,8 +246,14 @@ class Config:
         integer("seed", "a non-negative int below 2**32", 0, _SEED_LIMIT)
         choice("optimizer", _OPTIMIZERS, "'adamw' or 'sgd'")
         number("learning_rate", "> 0", lambda v: v > 0.0)
-        integer("epochs", "a positive int", 1)  # before warmup_epochs, which is bounded by it
-        number("warmup_epochs", f"in [0, epochs={self.epochs}]", lambda v: 0 <= v <= self.epochs)
+        # epochs first: warmup_epochs is bounded by it, and --epochs 0 is an epochs error
+        integer("epochs", "a positive int", 1)
+        number(
+            "warmup_epochs",
+            f"in [0, epochs={self.epochs}]",
+            lambda v: 0 <= v <= self.epochs,
+            instead={"epochs": f"a positive int >= warmup_epochs={self.warmup_epochs}"},
+        )
         number("momentum", "in [0, 1)", lambda v: 0.0 <= v < 1.0)
         number("weight_decay", ">= 0", lambda v: v >= 0.0)
         number("label_smoothing", "in [0, 1]", lambda v: 0.0 <= v <= 1.0)
