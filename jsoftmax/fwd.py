@@ -2,7 +2,9 @@
 
 Same values and signatures as the top-level functions, with ``jax.custom_jvp`` rules instead
 of ``jax.custom_vjp``, so ``jax.jvp``, ``jax.jacfwd``, ``jax.linearize`` and
-forward-over-forward derivatives work too. See :mod:`jsoftmax._forward_mode` for when to use which.
+forward-over-forward derivatives work too. Use the top-level functions for reverse mode (their
+rules save only what the backward pass needs); use these where a forward-mode derivative is
+needed (``jax.jvp``, ``jax.jacfwd``, Jacobians of a few outputs with many inputs).
 """
 
 from jsoftmax._forward_mode import log_softmax as log_softmax

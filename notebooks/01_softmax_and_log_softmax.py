@@ -16,8 +16,6 @@
 # %% [markdown]
 # # Softmax and log-softmax: definitions, stability, Jacobian and the cross-entropy gradient
 #
-# [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/jsoftmax/jsoftmax/blob/main/notebooks/01_softmax_and_log_softmax.ipynb)
-#
 # This notebook derives everything `jsoftmax.softmax`, `jsoftmax.log_softmax` and
 # `jsoftmax.cross_entropy` compute, and checks each formula numerically:
 #
@@ -28,14 +26,40 @@
 #    including a check of a wrong-signed formula that circulates in some write-ups;
 # 5. softmax under a temperature.
 
+# %% [markdown]
+# ## Setup
+#
+# The first code cell installs jsoftmax where it cannot be imported yet (a fresh notebook
+# runtime in the cloud, say) and does nothing where it can. jsoftmax is not on PyPI, so the cell
+# installs it from the project source: `..`, the checkout this notebook is in, unless you
+# replace `..` with the path of your local checkout of the jsoftmax repository (the folder with
+# `pyproject.toml`) or of a wheel built from one (`pip wheel --no-deps PATH`). The `[train]`
+# extra installs scikit-learn, tqdm and matplotlib, which jsoftmax itself does not need; this
+# notebook's plots need matplotlib.
+#
+# **GPU or TPU.** Nothing in this notebook names a device: JAX runs on an accelerator when it
+# finds one, and the second cell prints the devices it found. For an NVIDIA GPU, install JAX's
+# CUDA build (`pip install -U "jax[cuda12]"`); for a TPU, use a TPU runtime (or
+# `pip install -U "jax[tpu]"` on a TPU VM).
+
 # %%
-# # !pip install "git+https://github.com/jsoftmax/jsoftmax"
+try:
+    import jsoftmax
+except ImportError:  # not installed here: install it from the project source (see above)
+    import importlib
+    import subprocess
+    import sys
+
+    # ".." is this notebook's checkout; replace it with your checkout's or wheel's path
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "..[train]"], check=True)
+    importlib.invalidate_caches()
+    import jsoftmax
+
+# %%
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
-
-import jsoftmax
 
 print(jax.devices())
 

@@ -16,12 +16,11 @@
 # %% [markdown]
 # # Custom VJPs and gradient checks
 #
-# [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/jsoftmax/jsoftmax/blob/main/notebooks/02_custom_vjp_and_check_grads.ipynb)
-#
 # Every differentiable function in jsoftmax carries an analytic `jax.custom_vjp` rule. This
 # notebook shows
 #
-# 1. how such a rule is written (a small one built here, then the library's own);
+# 1. how such a rule is written (a small one built here, then the library's own), and what the
+#    library's rules give for a slice whose entries are all $-\infty$;
 # 2. what it saves for the backward pass (its residuals), next to `jax.nn`;
 # 3. how the rules are checked against finite differences (`jax.test_util.check_grads` and the
 #    `jsoftmax check` table);
@@ -31,10 +30,42 @@
 #
 # Set `JSOFTMAX_NB_SMALL=1` to run a shorter gradient-check table (the test suite does).
 
+# %% [markdown]
+# ## Setup
+#
+# The first code cell installs jsoftmax where it cannot be imported yet (a fresh notebook
+# runtime in the cloud, say) and does nothing where it can. jsoftmax is not on PyPI, so the cell
+# installs it from the project source: `..`, the checkout this notebook is in, unless you
+# replace `..` with the path of your local checkout of the jsoftmax repository (the folder with
+# `pyproject.toml`) or of a wheel built from one (`pip wheel --no-deps PATH`).
+#
+# **GPU or TPU.** Nothing in this notebook names a device: JAX runs on an accelerator when it
+# finds one, and the second cell prints the devices it found. For an NVIDIA GPU, install JAX's
+# CUDA build (`pip install -U "jax[cuda12]"`); for a TPU, use a TPU runtime (or
+# `pip install -U "jax[tpu]"` on a TPU VM).
+
 # %%
-# # !pip install "git+https://github.com/jsoftmax/jsoftmax"
+try:
+    import jsoftmax
+except ImportError:  # not installed here: install it from the project source (see above)
+    import importlib
+    import subprocess
+    import sys
+
+    # ".." is this notebook's checkout; replace it with your checkout's or wheel's path
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", ".."], check=True)
+    importlib.invalidate_caches()
+    import jsoftmax
+
+# %%
+import contextlib
 import inspect
+import io
 import os
+import re
+import shlex
+import subprocess
+import sys
 from functools import partial
 
 import jax
@@ -45,9 +76,7 @@ from jax import lax
 from jax.ad_checkpoint import print_saved_residuals
 from jax.test_util import check_grads
 
-import jsoftmax
-from jsoftmax import _softmax, fwd
-from jsoftmax._gradcheck import format_table, run_checks
+from jsoftmax import _softmax, fwd  # _softmax: only to print the library's rule below
 
 SMALL = os.environ.get("JSOFTMAX_NB_SMALL") == "1"
 
@@ -116,15 +145,71 @@ report("my_softmax grad - autodiff of jax.nn.softmax", g_mine, g_autodiff)
 report("jsoftmax.softmax grad - my_softmax grad", g_jsoftmax, g_mine)
 
 # %% [markdown]
-# The library's rule for `jsoftmax.softmax` lives in `jsoftmax/_softmax.py` and has the same
-# shape. On top of the teaching version it handles a `where=` mask (masked entries take part as
-# `-inf`), slices with no finite entry (zeros instead of `nan`), and float16/bfloat16 inputs
-# (computed in float32, returned in the input dtype):
+# The library's rule for `jsoftmax.softmax` lives in the private module `jsoftmax/_softmax.py`
+# (printed here, not meant to be imported) and has the same shape. On top of the teaching version
+# it handles a `where=` mask (masked entries take part as `-inf` and come out exactly 0) and
+# float16/bfloat16 inputs (computed in float32, returned in the input dtype):
 
 # %%
 print(inspect.getsource(_softmax._softmax_fwd))
 print(inspect.getsource(_softmax._softmax_bwd))
 print(inspect.getsource(_softmax._log_softmax_bwd))
+
+# %% [markdown]
+# ### Slices with no finite entry
+#
+# A slice whose entries are all $-\infty$ has no distribution to return: every $e^{x_i}$ is 0
+# and softmax is $0/0$. What jsoftmax gives, by design:
+#
+# | function | unmasked: `x` all `-inf` on the slice | masked: `where=` all `False` on the slice |
+# |---|---|---|
+# | `softmax` | NaN | zeros, with a zero gradient |
+# | `log_softmax` | NaN | `-inf`, with a zero gradient |
+# | `logsumexp` | `-inf`, with a zero gradient | `-inf`, with a zero gradient |
+#
+# The unmasked NaN is the documented choice, the same as `jax.nn.softmax` and PyTorch's
+# `torch.softmax`. Returning zeros there would need a select on the slice maximum
+# (`where(isfinite(m), m, 0)`) on every call, and XLA compiles an ordinary softmax's reduce-max,
+# `exp` and sum into one fused kernel that such a select splits into three: a guard measured
+# 1.1–2× slower on XLA CPU. With a mask, the library knows which entries to drop and sets
+# their outputs directly, so a fully masked slice costs no such test. `logsumexp` needs no
+# guard at all: the log of an empty sum is $-\infty$, which is the right answer.
+#
+# So where all `-inf` slices can occur (a padded row, a causal mask's first position), pass the
+# remedy `where=x > -jnp.inf`:
+
+# %%
+x_inf = jnp.array([[1.0, 2.0, -jnp.inf], [-jnp.inf, -jnp.inf, -jnp.inf]])
+mask = x_inf > -jnp.inf  # the remedy: leave the -inf entries out
+
+
+def value_and_vjp(f):
+    """f(x_inf) and its gradient for a fixed cotangent (1, 2, 3, ... in f's output shape)."""
+    y, vjp = jax.vjp(f, x_inf)
+    (dx,) = vjp(jnp.arange(1.0, 1.0 + y.size).reshape(y.shape))
+    return y, dx
+
+
+print("x =", x_inf.tolist(), "\n")
+print(f"{'':<36} {'all -inf row':<20} its gradient")
+for name, f in [
+    ("jax.nn.softmax(x)", jax.nn.softmax),
+    ("jsoftmax.softmax(x)", jsoftmax.softmax),
+    ("jsoftmax.softmax(x, where=mask)", lambda x: jsoftmax.softmax(x, where=mask)),
+    ("jsoftmax.log_softmax(x)", jsoftmax.log_softmax),
+    ("jsoftmax.log_softmax(x, where=mask)", lambda x: jsoftmax.log_softmax(x, where=mask)),
+    ("jsoftmax.logsumexp(x)", jsoftmax.logsumexp),
+    ("jsoftmax.logsumexp(x, where=mask)", lambda x: jsoftmax.logsumexp(x, where=mask)),
+]:
+    y, dx = value_and_vjp(f)
+    print(f"{name:<36} {np.asarray(y[1]).tolist()!s:<20} {np.asarray(dx[1]).tolist()}")
+
+# the first row, which has finite entries, is the same with and without the mask
+report(
+    "softmax(x, where=mask) - softmax(x), first row",
+    jsoftmax.softmax(x_inf, where=mask)[0],
+    jsoftmax.softmax(x_inf)[0],
+)
 
 # %% [markdown]
 # ## 2. What the rules save
@@ -168,15 +253,31 @@ for name, fns in pairs.items():
 # losses both sides keep one `[B, C]` array plus a few per-row values, so the saved memory is
 # about the size of the logits either way.
 #
-# `jax.ad_checkpoint.print_saved_residuals` says where each saved value comes from:
+# `jax.ad_checkpoint.print_saved_residuals` says where each saved value comes from. It names the
+# source file with its absolute path and line; the helper below prints the path from the
+# package folder on (`jsoftmax/_softmax.py`) and the function, which is what matters here:
+
 
 # %%
+def saved_residuals(f, *args):
+    """print_saved_residuals(f, *args), with each source file shown relative to its package."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        print_saved_residuals(f, *args)
+    for line in buffer.getvalue().splitlines():
+        # ".../site-packages/jsoftmax/_loss.py:283:8 (_shift)" -> "jsoftmax/_loss.py (_shift)";
+        # a file outside jsoftmax keeps only its name
+        line = re.sub(r"\S*[/\\](jsoftmax)[/\\](\S+?\.py):\d+(:\d+)?", r"\1/\2", line)
+        line = re.sub(r"\S*[/\\](\S+?\.py):\d+(:\d+)?", r"\1", line)
+        print(line)
+
+
 print("jsoftmax.softmax:")
-print_saved_residuals(jsoftmax.softmax, logits)
+saved_residuals(jsoftmax.softmax, logits)
 print("\njax.nn.softmax:")
-print_saved_residuals(jax.nn.softmax, logits)
+saved_residuals(jax.nn.softmax, logits)
 print("\njsoftmax.cross_entropy:")
-print_saved_residuals(lambda z: jsoftmax.cross_entropy(z, labels), logits)
+saved_residuals(lambda z: jsoftmax.cross_entropy(z, labels), logits)
 
 # %% [markdown]
 # The test suite asserts these counts (`tests/test_softmax.py`), so a change that starts saving
@@ -225,14 +326,24 @@ with jax.enable_x64(True):
         print("check_grads caught the wrong rule:", str(err).strip().splitlines()[0])
 
 # %% [markdown]
-# `jsoftmax check` (or `python -m jsoftmax check`) runs such checks over every public
-# differentiable function, in float64, orders 1 and 2, and reports the largest relative error
-# of the analytic derivative against central differences. The softmax family:
+# The command `jsoftmax check` (or `python -m jsoftmax check`) runs `check_grads` on every
+# public differentiable function, in float64, for orders 1 and 2 (order 2 checks the first and
+# the second derivatives), in the modes its rules support: reverse mode for the `custom_vjp`
+# functions, forward and reverse for `jsoftmax.fwd`. Its first lines give the JAX version, the
+# devices and the tolerances handed to `check_grads` (`atol`, `rtol` and the finite-difference
+# step `eps`); then one row per function and order says `pass`, or `FAIL` with `check_grads`'
+# own message (which derivative disagreed, and by how much); the last line counts them, and the
+# exit status is 1 if any failed. `--only NAME` keeps the functions whose name contains `NAME`.
+# The functions with `softmax` in their name (the test suite checks one, to be quick):
 
 # %%
-rows = run_checks(only="log_softmax(axis=0)" if SMALL else "softmax")
-print(format_table(rows))
-print(f"{sum(r['passed'] for r in rows)} of {len(rows)} passed")
+only = "log_softmax(axis=0)" if SMALL else "softmax"
+check = subprocess.run(
+    [sys.executable, "-m", "jsoftmax", "check", "--only", only], capture_output=True, text=True
+)
+print("$", shlex.join(["jsoftmax", "check", "--only", only]))
+print(check.stdout, end="")
+print("exit status:", check.returncode)
 
 # %% [markdown]
 # ## 4. Forward mode: `jsoftmax.fwd`

@@ -16,8 +16,6 @@
 # %% [markdown]
 # # Training an MLP on handwritten digits with `jsoftmax.cross_entropy`
 #
-# [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/jsoftmax/jsoftmax/blob/main/notebooks/03_train_mlp_digits.ipynb)
-#
 # The training example of `jsoftmax.train`, run from Python: a multilayer perceptron on
 # scikit-learn's bundled 8×8 digits (1,797 images, no download), trained with optax AdamW on
 # `jsoftmax.cross_entropy` with label smoothing. The same code runs on a CPU, a GPU or a TPU:
@@ -28,8 +26,36 @@
 # With `JSOFTMAX_NB_SMALL=1` (as in the test suite) the run is shrunk to a couple of epochs of a
 # small network; otherwise it uses the defaults of `jsoftmax.train.get_config()`.
 
+# %% [markdown]
+# ## Setup
+#
+# The first code cell installs jsoftmax where it cannot be imported yet (a fresh notebook
+# runtime in the cloud, say) and does nothing where it can. jsoftmax is not on PyPI, so the cell
+# installs it from the project source: `..`, the checkout this notebook is in, unless you
+# replace `..` with the path of your local checkout of the jsoftmax repository (the folder with
+# `pyproject.toml`) or of a wheel built from one (`pip wheel --no-deps PATH`). The `[train]`
+# extra installs scikit-learn, tqdm and matplotlib, which jsoftmax itself does not need; this
+# notebook trains on scikit-learn's digits and plots with matplotlib.
+#
+# **GPU or TPU.** Nothing in this notebook names a device: JAX runs on an accelerator when it
+# finds one, and the second cell prints the devices it found. For an NVIDIA GPU, install JAX's
+# CUDA build (`pip install -U "jax[cuda12]"`); for a TPU, use a TPU runtime (or
+# `pip install -U "jax[tpu]"` on a TPU VM).
+
 # %%
-# # !pip install "jsoftmax[train] @ git+https://github.com/jsoftmax/jsoftmax"
+try:
+    import jsoftmax
+except ImportError:  # not installed here: install it from the project source (see above)
+    import importlib
+    import subprocess
+    import sys
+
+    # ".." is this notebook's checkout; replace it with your checkout's or wheel's path
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "..[train]"], check=True)
+    importlib.invalidate_caches()
+    import jsoftmax
+
+# %%
 import os
 import tempfile
 import warnings
@@ -39,7 +65,6 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-import jsoftmax
 from jsoftmax.train import (
     get_config,
     init_train_state,
@@ -121,8 +146,11 @@ plt.show()
 # ## Predictions on test digits
 #
 # The last checkpoint holds the final train state, bit for bit the `result.state` that
-# `train_and_evaluate` returned. Restoring it needs a *target* with the state's structure, which
-# `jax.eval_shape` gives without computing anything. The predicted probabilities are
+# `train_and_evaluate` returned. Everything below is public API: `latest_checkpoint` and
+# `load_checkpoint` from `jsoftmax.train.checkpoints`, `load_dataset` from
+# `jsoftmax.train.data`, and `init_train_state`, `make_optimizer` and `mlp_apply` from
+# `jsoftmax.train`. Restoring needs a *target* with the state's structure, which `jax.eval_shape`
+# gives without computing anything. The predicted probabilities are
 # `jsoftmax.softmax` of the network's logits; as a consistency check, their arg-max accuracy
 # must equal the test accuracy that `train_and_evaluate` reported.
 

@@ -16,27 +16,57 @@
 # %% [markdown]
 # # Memory-efficient cross-entropy: `jsoftmax.linear_cross_entropy`
 #
-# [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/jsoftmax/jsoftmax/blob/main/notebooks/04_memory_efficient_cross_entropy.ipynb)
-#
 # A classifier head over a large vocabulary maps $N$ token features $x$ `[N, D]` through
 # $w$ `[D, V]` to $N \cdot V$ logits. Computed the obvious way, `cross_entropy(x @ w, labels)`,
 # those logits are materialised in the forward pass and kept for the backward pass, together
 # with a same-sized gradient: for $N = 8192$ tokens and $V = 128\,000$ classes that is 4 GB
 # per copy in float32, far more than $x$ and $w$ themselves.
 #
-# `jsoftmax.linear_cross_entropy(x, w, labels)` computes the same loss and gradients one
-# `[token_chunk, vocab_chunk]` block of logits at a time: an online logsumexp in the forward
-# pass, and a backward pass that recomputes each block's logits to accumulate $\bar x$ and
-# $\bar w$. Its memory no longer grows with $N \cdot V$; the price is computing the logits
-# twice.
+# `jsoftmax.linear_cross_entropy(x, w, labels)` computes the same loss and gradients without
+# ever holding the `[N, V]` logits. For the default `"mean"` reduction (and `"sum"`) it computes
+# the gradients already in the forward pass, a block of tokens at a time: each block's logits
+# over the whole vocabulary are formed once, turned into the block's loss and logit gradient,
+# and multiplied into $\bar x$ and $\bar w$, which are all the backward pass needs (three
+# $N \times D \times V$ matmuls, as many as the naive version). With `reduction="none"` or
+# `gradients_in_forward=False` it keeps $x$ and $w$ instead and recomputes the logits in the
+# backward pass, one `[token_chunk, vocab_chunk]` block at a time (four matmuls). Either way its
+# memory is set by the block size, not by $N \cdot V$.
 #
 # This notebook compares the two on the device JAX finds: the compiled temporary memory
 # (`jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes`, what XLA allocates
 # beyond inputs and outputs) and the time of `value_and_grad`, against the vocabulary size.
 # With `JSOFTMAX_NB_SMALL=1` (the test suite) the sizes are tiny.
 
+# %% [markdown]
+# ## Setup
+#
+# The first code cell installs jsoftmax where it cannot be imported yet (a fresh notebook
+# runtime in the cloud, say) and does nothing where it can. jsoftmax is not on PyPI, so the cell
+# installs it from the project source: `..`, the checkout this notebook is in, unless you
+# replace `..` with the path of your local checkout of the jsoftmax repository (the folder with
+# `pyproject.toml`) or of a wheel built from one (`pip wheel --no-deps PATH`). The `[train]`
+# extra installs scikit-learn, tqdm and matplotlib, which jsoftmax itself does not need; this
+# notebook's plots need matplotlib.
+#
+# **GPU or TPU.** Nothing in this notebook names a device: JAX runs on an accelerator when it
+# finds one, and the second cell prints the devices it found. For an NVIDIA GPU, install JAX's
+# CUDA build (`pip install -U "jax[cuda12]"`); for a TPU, use a TPU runtime (or
+# `pip install -U "jax[tpu]"` on a TPU VM).
+
 # %%
-# # !pip install "git+https://github.com/jsoftmax/jsoftmax"
+try:
+    import jsoftmax
+except ImportError:  # not installed here: install it from the project source (see above)
+    import importlib
+    import subprocess
+    import sys
+
+    # ".." is this notebook's checkout; replace it with your checkout's or wheel's path
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "..[train]"], check=True)
+    importlib.invalidate_caches()
+    import jsoftmax
+
+# %%
 import os
 import time
 
@@ -44,8 +74,6 @@ import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
-
-import jsoftmax
 
 SMALL = os.environ.get("JSOFTMAX_NB_SMALL") == "1"
 print(jax.devices())
@@ -183,13 +211,15 @@ fig.suptitle(f"linear + cross-entropy, N={N}, D={D}, float32, {jax.devices()[0].
 plt.show()
 
 # %% [markdown]
-# Reading the plots: the naive program's temporaries grow linearly with $V$ (a few copies of
-# the `[N, V]` logits and their gradient), while the chunked one stays at a few
-# `[token_chunk, vocab_chunk]` blocks, set by `chunk_size` (automatic by default: at most
-# $2^{21}$ logits per block, see the `linear_cross_entropy` docstring) and not by $V$.
+# Reading the plots: the naive program's temporaries grow linearly with $V$ (two copies of the
+# `[N, V]` logits: the logits and their gradient). The chunked one holds one block of tokens'
+# logits and their gradient, sized to at most 64 MiB (fewer tokens per block as $V$ grows), plus
+# the gradients $\bar x$ `[N, D]` and $\bar w$ `[D, V]` kept from the forward to the backward
+# pass. Only $\bar w$ still grows with $V$, and it is $D / N$ the size of the logits (here
+# $1/8$); the measured ratio is the table's last column. The `linear_cross_entropy` docstring
+# gives the block sizes (`chunk_size` overrides them).
 #
-# The time of both grows linearly with $V$: the matmuls dominate. The chunked version
-# recomputes the logits in the backward pass, four $N \times D \times V$ matmuls instead of
-# three (at most about 4/3 of the arithmetic), but it never writes the `[N, V]` logits to memory
-# and reads them back, which can make up for the extra work; the table above gives the measured
-# ratio on the device that ran this notebook.
+# The time of both grows linearly with $V$: the matmuls dominate, and with gradients in the
+# forward pass the chunked version does the same three $N \times D \times V$ matmuls as the
+# naive one, without writing the `[N, V]` logits to memory and reading them back. The table
+# above gives the measured ratio on the device that ran this notebook.

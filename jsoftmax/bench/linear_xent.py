@@ -58,7 +58,23 @@ def _inputs(n: int, d: int, v: int, dtype=jnp.float32):
 
 
 def _chunked(x, w, y):
+    # reduction "mean": the gradients are formed in the forward rule (three matmuls)
     return jax.value_and_grad(linear_cross_entropy, argnums=(0, 1))(x, w, y)
+
+
+def _recompute_loss(x, w, y):
+    return linear_cross_entropy(x, w, y, gradients_in_forward=False)
+
+
+def _recompute(x, w, y):
+    # the low-memory path that forms every block of logits twice (four matmuls)
+    return jax.value_and_grad(_recompute_loss, argnums=(0, 1))(x, w, y)
+
+
+def _three_matmuls(x, w, y):
+    """The matmul reference: x @ w, dz @ wᵀ and xᵀ @ dz at full size (dz stands in as z)."""
+    z = x @ w
+    return z @ w.T, x.T @ z
 
 
 def _naive_loss(x, w, y):
@@ -101,29 +117,45 @@ def _versus_naive(op: str, n: int, d: int, v: int, js: Measurement, nv: Measurem
     )
 
 
-def _timing_row(cfg) -> tuple[dict, Measurement]:
+def _timing_row(cfg) -> tuple[list[dict], Measurement]:
     n, d, v = cfg["n"], cfg["d"], cfg["v"]
     args = _inputs(n, d, v)
-    res = compare(
-        {"jsoftmax": _chunked, "naive": _naive}, args, reps=cfg["reps"], warmup=cfg["warmup"]
-    )
+    fns = {
+        "jsoftmax": _chunked,
+        "recompute": _recompute,
+        "naive": _naive,
+        "three matmuls": _three_matmuls,
+    }
+    res = compare(fns, args, reps=cfg["reps"], warmup=cfg["warmup"])
     js, nv = res["jsoftmax"], res["naive"]
-    return _versus_naive("value_and_grad(x, w) mean loss", n, d, v, js, nv), js
+    op = "value_and_grad(x, w) mean loss"
+    rows = [
+        _versus_naive(op, n, d, v, js, nv),
+        _versus_naive(f"{op}, gradients_in_forward=False", n, d, v, res["recompute"], nv),
+        comparison_row(
+            SUITE,
+            op,
+            _shape(n, d, v),
+            "float32",
+            js,
+            res["three matmuls"],
+            "three full-size matmuls (x @ w, dz @ wT, xT @ dz)",
+            device=jax.devices()[0].device_kind,
+            jax=jax.__version__,
+        ),
+    ]
+    return rows, js
 
 
 def _memory_rows(n: int, d: int, vs: list[int]) -> list[dict]:
     op = "temp memory of value_and_grad(x, w) (compiled, not run)"
-    return [
-        _versus_naive(
-            op,
-            n,
-            d,
-            v,
-            memory_only("jsoftmax", _chunked, *_abstract(n, d, v)),
-            memory_only("naive", _naive, *_abstract(n, d, v)),
-        )
-        for v in vs
-    ]
+    rows = []
+    for v in vs:
+        naive = memory_only("naive", _naive, *_abstract(n, d, v))
+        for label, fn in [("", _chunked), (", gradients_in_forward=False", _recompute)]:
+            js = memory_only("jsoftmax", fn, *_abstract(n, d, v))
+            rows.append(_versus_naive(op + label, n, d, v, js, naive))
+    return rows
 
 
 # Runs in the PyTorch interpreter (which need not have jax): forward + backward of the mean
@@ -194,7 +226,7 @@ def run(quick: bool = False) -> list[dict]:
     timing, js = _timing_row(cfg)
     memory = _memory_rows(cfg["n"], cfg["d"], CURVE_QUICK if quick else CURVE_FULL)
     # the PyTorch row last: where it is skipped, the others stay in one table
-    return [timing, *memory, _torch_row(cfg, js)]
+    return [*timing, *memory, _torch_row(cfg, js)]
 
 
 if __name__ == "__main__":

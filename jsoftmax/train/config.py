@@ -27,8 +27,8 @@ _OPTIMIZERS = ("adamw", "sgd")
 # only the low 32 bits, so seed 2**32 would silently start from seed 0's parameters.
 _SEED_LIMIT = 2**32
 
-# Config fields that may differ between a run and the run it resumes: none of them changes a
-# single number of the training.
+#: Config fields that may differ between a run and the run it resumes; none of them changes a
+#: single number of the training.
 RESUME_MAY_DIFFER = ("data_dir", "output_dir", "resume", "keep_checkpoints", "plot", "quiet")
 
 

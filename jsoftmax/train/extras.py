@@ -15,7 +15,7 @@ __all__ = ["INSTALL", "PACKAGES", "MissingExtraError", "require"]
 
 INSTALL = 'pip install "jsoftmax[train]"'
 
-# the top-level module each function imports -> the package that pip installs it from
+#: the top-level module each function imports -> the package that pip installs it from
 PACKAGES = {"sklearn": "scikit-learn", "tqdm": "tqdm", "matplotlib": "matplotlib"}
 
 

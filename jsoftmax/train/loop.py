@@ -14,7 +14,7 @@ accuracy, validation loss and accuracy, seconds) after a line saying what the lo
 (:func:`loss_label`). ``Config.quiet`` turns both off.
 
 Resuming. ``Config.resume`` continues from a checkpoint written with the same settings (all but
-:data:`~jsoftmax.train.RESUME_MAY_DIFFER`; otherwise :class:`ResumeMismatchError` names each
+``jsoftmax.train.RESUME_MAY_DIFFER``; otherwise :class:`ResumeMismatchError` names each
 setting that differs). The number of epochs is one of them: the learning-rate schedule, a
 warm-up then a cosine decay to 0 at the last epoch, is a function of it, so a run cannot be
 extended (or shortened) by resuming it. Resuming prints the checkpoint, its epoch and the epochs

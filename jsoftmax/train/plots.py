@@ -17,7 +17,7 @@ def plot_history(
 ) -> None:
     """Save a PNG with train/validation loss and accuracy per epoch (matplotlib, Agg).
 
-    ``loss_label`` is the loss axis's label, e.g. ``"loss, nats\n(cross-entropy)"``.
+    ``loss_label`` is the loss axis's label, e.g. ``"loss, nats\\n(cross-entropy)"``.
 
     Raises:
       MissingExtraError: matplotlib is not installed (``pip install "jsoftmax[train]"``).
