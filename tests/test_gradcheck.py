@@ -75,6 +75,8 @@ UNCHECKED = {
     "log_softmax_jacobian": "built from log_softmax; compared with jax.jacrev in test_softmax",
     "vocab_parallel_cross_entropy": "needs a device mesh; its gradients are in test_sharded",
     "vocab_parallel_linear_cross_entropy": "needs a device mesh; see test_sharded",
+    "label_checks": "a context manager (no array output); tested in test_label_checks",
+    "set_label_checks": "a mode switch (no array output); tested in test_label_checks",
 }
 
 
