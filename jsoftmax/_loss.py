@@ -231,7 +231,8 @@ def _per_class(w: jax.Array, ndim: int) -> jax.Array:
 
 def _shift(z: jax.Array, mask: jax.Array | None):
     """Per example: ``(z − m, exp(z − m), m, s)`` over the unmasked classes, compute dtype."""
-    xs, m = max_shifted(z.astype(compute_dtype(z.dtype)), (z.ndim - 1,), mask)
+    # a finite shift: a row with every class masked scores 0, not NaN
+    xs, m = max_shifted(z.astype(compute_dtype(z.dtype)), (z.ndim - 1,), mask, finite=True)
     e = jnp.exp(xs)
     return xs, e, m[..., 0], jnp.sum(e, -1)
 
