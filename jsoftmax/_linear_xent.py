@@ -43,6 +43,7 @@ from jsoftmax._checks import (
 from jsoftmax._xent_engine import (
     UniformWeightTerms,
     XentOptions,
+    mean_divisor,
     reduce_token_losses,
     uniform_weight_terms,
 )
@@ -552,8 +553,10 @@ def _fused_value_and_grads(x, w, bias, labels, opts: ChunkedXentOptions):
     cols = jnp.arange(v_loc)
     valid = labels != opts.ignore_index if opts.ignore_index is not None else None
     omega_sum = jnp.sum(valid, dtype=cdt) if valid is not None else jnp.asarray(n, cdt)
-    # "mean": nothing contributes exactly when every token is ignored (then the mean is 0)
-    scale = 1 / jnp.maximum(omega_sum, 1) if opts.reduction == "mean" else jnp.ones((), cdt)
+    # the engine's divisor of "mean" (1 for "sum"); with ω ∈ {0, 1}, a token contributes
+    # exactly when it is not ignored, so nothing contributes exactly when Σω = 0
+    divisor = mean_divisor(omega_sum, omega_sum > 0) if opts.reduction == "mean" else 1
+    scale = jnp.asarray(1 / divisor, cdt)
     mm_dtype = x.dtype  # the matmuls take the operands' dtype and accumulate in cdt
 
     def body(i, carry):
@@ -619,7 +622,7 @@ def _fused_value_and_grads(x, w, bias, labels, opts: ChunkedXentOptions):
     total, dx, dw, db = lax.fori_loop(0, nt, body, init)
     if axis is not None:
         dx = lax.psum(dx, axis)  # each shard holds its classes' share of x̄
-    out = total / jnp.maximum(omega_sum, 1) if opts.reduction == "mean" else total
+    out = total / divisor
     db = None if db is None else db.astype(bias.dtype)
     return out.astype(cdt), (dx.astype(x.dtype), dw.astype(w.dtype), db)
 
