@@ -1,4 +1,4 @@
-"""Forward-mode twins of softmax, log_softmax and logsumexp, built on ``jax.custom_jvp``.
+"""Forward-mode twins of every normaliser (softmax family and sparse family), on ``jax.custom_jvp``.
 
 A ``custom_vjp`` function cannot itself be pushed through forward mode: ``jax.jvp``,
 ``jax.jacfwd``, ``jax.linearize`` and forward-over-forward derivatives of anything built from
@@ -21,8 +21,17 @@ from jax.typing import ArrayLike
 
 from jsoftmax._checks import Axis, compute_dtype
 from jsoftmax._softmax import _log_softmax_impl, _logsumexp_impl, _lse, _prepare, _softmax_impl
+from jsoftmax._sparse import (
+    _check_method,
+    _check_n_iter,
+    _keepdims_shape,
+    _prepare_alpha,
+    entmax15_twin,
+    entmax_bisect_twin,
+    sparsemax_twin,
+)
 
-__all__ = ["log_softmax", "logsumexp", "softmax"]
+__all__ = ["entmax", "entmax15", "log_softmax", "logsumexp", "softmax", "sparsemax"]
 
 
 def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) -> jax.Array:
@@ -176,3 +185,123 @@ def _logsumexp_jvp(axes, primals, tangents):
     cdt = compute_dtype(x.dtype)
     dl = jnp.sum(s.astype(cdt) * dx.astype(cdt), axes, keepdims=True)
     return lse, dl.astype(lse.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Sparse normalisers: sparsemax, 1.5-entmax, α-entmax
+# --------------------------------------------------------------------------------------------
+
+
+def sparsemax(
+    x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None, method: str = "auto"
+) -> jax.Array:
+    r"""Sparsemax with a ``custom_jvp`` rule: same values as :func:`jsoftmax.sparsemax`.
+
+    .. math::
+        \dot p = s \odot (\dot x - \langle s, \dot x\rangle / |S|), \qquad s = [p > 0]
+
+    Args:
+      x: scores, any shape ``[..., n, ...]``, floating point.
+      axis: the axis, or tuple of axes, to normalise over (``None``: all axes).
+      where: optional boolean mask broadcastable to ``x``; ``False`` entries are left out.
+      method: ``"auto"``, ``"newton"`` or ``"sort"``, as for :func:`jsoftmax.sparsemax`.
+
+    Returns:
+      An array of ``x``'s shape and dtype whose slices along ``axis`` sum to one.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from jsoftmax import fwd
+      >>> print(jax.jacfwd(fwd.sparsemax)(jnp.array([0.5, 0.25, -1.0])) + 0.0)
+      [[ 0.5 -0.5  0. ]
+       [-0.5  0.5  0. ]
+       [ 0.   0.   0. ]]
+
+    Notes:
+      Same inf/NaN/mask behaviour as :func:`jsoftmax.sparsemax`.
+    """
+    x, axes, mask = _prepare(x, axis, where, "fwd.sparsemax")
+    return sparsemax_twin(x, mask, axes, _check_method(method, "fwd.sparsemax"))
+
+
+def entmax15(
+    x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None, method: str = "auto"
+) -> jax.Array:
+    r"""1.5-entmax with a ``custom_jvp`` rule: same values as :func:`jsoftmax.entmax15`.
+
+    .. math::
+        \dot p = u \odot \dot x - u \langle u, \dot x\rangle / \textstyle\sum_j u_j,
+        \qquad u = \sqrt{p}
+
+    Args:
+      x: scores, any shape ``[..., n, ...]``, floating point.
+      axis: the axis, or tuple of axes, to normalise over (``None``: all axes).
+      where: optional boolean mask broadcastable to ``x``; ``False`` entries are left out.
+      method: ``"auto"``, ``"newton"`` or ``"sort"``, as for :func:`jsoftmax.entmax15`.
+
+    Returns:
+      An array of ``x``'s shape and dtype whose slices along ``axis`` sum to one.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from jsoftmax import fwd
+      >>> p, dp = jax.jvp(fwd.entmax15, (jnp.array([0.0, 0.0, -5.0]),),
+      ...                 (jnp.array([1.0, 0.0, 0.0]),))
+      >>> print(dp)
+      [ 0.3536 -0.3536  0.    ]
+
+    Notes:
+      Same inf/NaN/mask behaviour as :func:`jsoftmax.entmax15`.
+    """
+    x, axes, mask = _prepare(x, axis, where, "fwd.entmax15")
+    return entmax15_twin(x, mask, axes, _check_method(method, "fwd.entmax15"))
+
+
+def entmax(
+    x: ArrayLike,
+    alpha: float | ArrayLike = 1.5,
+    axis: Axis = -1,
+    *,
+    where: ArrayLike | None = None,
+    n_iter: int = 50,
+) -> jax.Array:
+    r"""α-entmax with a ``custom_jvp`` rule: same values as :func:`jsoftmax.entmax`.
+
+    .. math::
+        \dot p = u \odot \dot x - u \langle u, \dot x\rangle / \textstyle\sum_j u_j
+        + \dot\alpha\,\partial p / \partial \alpha, \qquad u = p^{2-\alpha}
+
+    Args:
+      x: scores, any shape ``[..., n, ...]``, floating point.
+      alpha: a Python number ≥ 1 or an array, as for :func:`jsoftmax.entmax`.
+      axis: the axis, or tuple of axes, to normalise over (``None``: all axes).
+      where: optional boolean mask broadcastable to ``x``; ``False`` entries are left out.
+      n_iter: the most bisection steps.
+
+    Returns:
+      An array of ``x``'s shape and dtype whose slices along ``axis`` sum to one.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from jsoftmax import fwd
+      >>> x = jnp.array([1.0, 2.0, 3.0])
+      >>> print(jax.jacfwd(fwd.entmax, argnums=1)(x, jnp.array(1.25)))
+      [-0.2251 -0.1362  0.3613]
+
+    Notes:
+      Same conventions as :func:`jsoftmax.entmax` (Python ``alpha`` of 1, 1.5 or 2 uses the
+      exact twin; an array ``alpha`` ≤ 1 gives ``NaN``).
+    """
+    fn = "fwd.entmax"
+    x, axes, mask = _prepare(x, axis, where, fn)
+    static, arr = _prepare_alpha(alpha, x, axes, fn)
+    n_iter = _check_n_iter(n_iter, fn)
+    if static == 1.0:
+        return _softmax(x, mask, axes)
+    if static == 1.5:
+        return entmax15_twin(x, mask, axes, "newton")
+    if static == 2.0:
+        return sparsemax_twin(x, mask, axes, "newton")
+    if static is not None:
+        arr = jnp.full(_keepdims_shape(x.shape, axes), static, compute_dtype(x.dtype))
+    return entmax_bisect_twin(x, arr, mask, axes, n_iter, static)

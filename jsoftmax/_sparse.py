@@ -1,0 +1,648 @@
+"""Sparse normalisers with analytic ``jax.custom_vjp`` rules: sparsemax, 1.5-entmax, α-entmax.
+
+α-entmax maps scores ``x`` to the distribution that maximises ``⟨x, p⟩ + H_α(p)`` over the
+simplex, with the Tsallis entropy ``H_α``. Its solution is a thresholded power,
+
+    p_i = [(α − 1) x_i − τ]_+^{1/(α−1)},  τ such that Σ_i p_i = 1,
+
+so entries below the threshold are exactly 0. α = 2 is sparsemax (the Euclidean projection onto
+the simplex, ``p = [x − τ]_+``), α = 1.5 is 1.5-entmax (``p = [x/2 − τ]_+²``) and α → 1 is
+softmax.
+
+Every function here is split like the softmax layer: a primal that finds ``τ``, a ``_fwd`` that
+saves the output only, and a ``_bwd`` that applies the closed form of the Jacobian written above
+it. On the support ``S = {p > 0}`` the Jacobian is
+
+    ∂p/∂x = diag(u) − u uᵀ / Σu,   u = p^(2−α) on S, 0 off it,
+
+(``u`` is the support's indicator for sparsemax, ``√p`` for 1.5-entmax and ``p`` for softmax),
+so the VJP is ``x̄ = u ⊙ g − u ⟨u, g⟩ / Σu``: :func:`support_vjp`.
+
+Finding ``τ``. Every variant first shifts by the maximum (so ``τ ∈ [−1, 0]`` and large
+magnitudes cost nothing) and then either
+
+* sorts each slice (``method="sort"``): the textbook closed forms, O(n log n);
+* or runs Newton's method on ``f(τ) = Σ_i [z_i − τ]_+^{1/(α−1)} − 1`` from ``τ = −1``
+  (``method="newton"``, sparsemax and 1.5-entmax): ``f`` is convex and decreasing, so the
+  iterates rise monotonically to the root without overshooting, and as soon as the support
+  stops changing the root of that piece is solved exactly (linear for sparsemax, quadratic for
+  1.5-entmax). The result is the sort's threshold, in a few O(n) passes instead of a sort;
+* or bisects ``τ`` (general α): :func:`entmax`'s ``n_iter``.
+
+``"auto"`` picks by measurement (BENCHMARKS.md): Newton at every shape measured on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.typing import ArrayLike
+
+from jsoftmax._checks import Axis, as_float_array, compute_dtype
+from jsoftmax._softmax import _prepare, max_shifted, softmax
+
+__all__ = ["entmax", "entmax15", "sparsemax"]
+
+METHODS = ("auto", "newton", "sort")
+
+
+def _check_method(method, fn: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"{fn}: method must be one of {METHODS}; got {method!r}")
+    return "newton" if method == "auto" else method
+
+
+def _slice_size(shape: tuple[int, ...], axes: tuple[int, ...]) -> int:
+    return math.prod(shape[a] for a in axes)
+
+
+# --------------------------------------------------------------------------------------------
+# The shared backward: the Jacobian diag(u) − u uᵀ / Σu
+# --------------------------------------------------------------------------------------------
+
+
+def support_weights(p: jax.Array, power: float | jax.Array) -> jax.Array:
+    """``u = p^power`` on the support ``p > 0`` and exactly 0 off it (``power = 2 − α``).
+
+    The base is replaced by 1 off the support before the power, so neither this value nor its
+    derivative (which higher-order rules take) meets ``0^(negative)``.
+    """
+    on = p > 0
+    if isinstance(power, (int, float)) and power == 0:
+        return on.astype(p.dtype)  # sparsemax: the support's indicator
+    if isinstance(power, (int, float)) and power == 0.5:
+        return jnp.sqrt(jnp.where(on, p, 1)) * on  # 1.5-entmax
+    return jnp.where(on, jnp.power(jnp.where(on, p, 1), power), 0)
+
+
+def support_vjp(u: jax.Array, g: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """``u ⊙ g − u ⟨u, g⟩ / Σu``: the VJP (and JVP: the matrix is symmetric) of α-entmax.
+
+    A slice with an empty support (fully masked) has ``u = 0`` and gets 0, not 0/0.
+    """
+    su = jnp.sum(u, axes, keepdims=True)
+    ug = jnp.sum(u * g, axes, keepdims=True)
+    # per-slice select after the reductions: a fully masked slice divides by 1 instead of 0
+    return u * (g - ug / jnp.where(su > 0, su, 1))
+
+
+def alpha_derivative(
+    p: jax.Array, u: jax.Array, alpha: jax.Array, axes: tuple[int, ...]
+) -> jax.Array:
+    """``∂p/∂α`` per entry, from the output alone.
+
+    With ``β = 1/(α − 1)`` and ``p_i = ((α−1)x_i − τ)^β`` on the support, differentiating the
+    constraint ``Σ p = 1`` gives (the shift ``τ/(α−1)`` cancels because ``⟨u, p^(α−1)⟩ = 1``)
+
+        ∂p_i/∂α = β² (p_i − u_i / Σu) − β (p_i log p_i − u_i Σ_j p_j log p_j / Σu).
+    """
+    beta = 1 / (alpha - 1)
+    on = p > 0
+    plogp = jnp.where(on, p * jnp.log(jnp.where(on, p, 1)), 0)  # 0 log 0 = 0
+    su = jnp.sum(u, axes, keepdims=True)
+    su = jnp.where(su > 0, su, 1)
+    h = jnp.sum(plogp, axes, keepdims=True)
+    return beta * beta * (p - u / su) - beta * (plogp - u * h / su)
+
+
+# --------------------------------------------------------------------------------------------
+# Thresholds. z is x − max(x) in the compute dtype (≤ 0, max 0), masked entries -inf.
+# --------------------------------------------------------------------------------------------
+
+
+def _to_last(z: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Move ``axes`` to the end and flatten them: ``[..., n]``."""
+    batch = tuple(a for a in range(z.ndim) if a not in axes)
+    z = jnp.transpose(z, batch + axes)
+    return z.reshape((*z.shape[: len(batch)], -1))
+
+
+def _keepdims_shape(shape, axes):
+    return tuple(1 if a in axes else d for a, d in enumerate(shape))
+
+
+def _sorted_desc(z, axes):
+    zs = -jnp.sort(-_to_last(z, axes), axis=-1)
+    k = jnp.arange(1, zs.shape[-1] + 1, dtype=zs.dtype)
+    return zs, k
+
+
+def sparsemax_tau_sort(z: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Sparsemax threshold by sorting: ``τ = (Σ_{j≤k} z_(j) − 1) / k`` for the largest ``k``
+    with ``1 + k z_(k) > Σ_{j≤k} z_(j)`` (Martins & Astudillo's support condition)."""
+    zs, k = _sorted_desc(z, axes)
+    cs = jnp.cumsum(zs, -1)
+    support = jnp.sum(1 + k * zs > cs, -1, keepdims=True)
+    top = jnp.take_along_axis(cs, jnp.maximum(support - 1, 0), -1)
+    return ((top - 1) / support).reshape(_keepdims_shape(z.shape, axes))
+
+
+def entmax15_tau_sort(z: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """1.5-entmax threshold by sorting: for the ``k`` largest entries, the smaller root of
+    ``Σ_{j≤k} (z_(j) − τ)² = 1`` is ``τ_k = μ_k − √((1 − k σ²_k)/k)`` (mean and variance of
+    the ``k`` largest); the support is the largest ``k`` with ``τ_k ≤ z_(k)``."""
+    zs, k = _sorted_desc(z, axes)
+    finite = zs > -jnp.inf
+    zf = jnp.where(finite, zs, 0)  # -inf entries would make the running sums NaN
+    mean = jnp.cumsum(zf, -1) / k
+    var = jnp.cumsum(zf * zf, -1) / k - mean * mean
+    tau = mean - jnp.sqrt(jnp.maximum((1 - k * var) / k, 0))
+    support = jnp.sum((tau <= zs) & finite, -1, keepdims=True)
+    top = jnp.take_along_axis(tau, jnp.maximum(support - 1, 0), -1)
+    return top.reshape(_keepdims_shape(z.shape, axes))
+
+
+def sparsemax_tau_newton(z: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Sparsemax threshold by Newton's method on ``f(τ) = Σ [z − τ]_+ − 1`` from ``τ = −1``.
+
+    ``f`` is convex, decreasing and piecewise linear; from ``f(−1) ≥ 0`` (the maximum alone
+    contributes 1) each Newton step lands on the root of the current piece,
+    ``τ = (Σ_S z − 1)/|S|`` over ``S = {z > τ}``, which is ≤ the true root, and the support can
+    only shrink. When it stops shrinking that root is the threshold: the sort's formula on the
+    sort's support. At most ``n`` steps; in practice 3–6 (BENCHMARKS.md).
+    """
+    keep = _keepdims_shape(z.shape, axes)
+    tau0 = jnp.full(keep, -1, z.dtype)
+    count0 = jnp.full(keep, -1, jnp.int32)
+    limit = _slice_size(z.shape, axes) + 2
+
+    def body(state):
+        i, tau, _, count = state
+        on = z > tau
+        k = jnp.sum(on, axes, keepdims=True, dtype=jnp.int32)
+        new = (jnp.sum(jnp.where(on, z, 0), axes, keepdims=True) - 1) / k
+        # never step back: rounding must not let the support grow again (it bounds the loop)
+        return i + 1, jnp.maximum(new, tau), count, k
+
+    def cond(state):
+        i, _, before, count = state
+        return (i < limit) & jnp.any(before != count)
+
+    _, tau, _, _ = lax.while_loop(cond, body, (0, tau0, count0 - 1, count0))
+    return tau
+
+
+def entmax15_tau_newton(z: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """1.5-entmax threshold by Newton's method on ``f(τ) = Σ [z − τ]_+² − 1`` from ``τ = −1``.
+
+    ``f`` is convex and decreasing, so Newton steps from the left stay ≤ the root. At each
+    step the exact root of the current piece (``S = {z > τ}``, quadratic in ``τ``) is tried:
+    with ``d = z − τ`` on ``S``, ``D₁ = Σd``, ``D₂ = Σd²`` it is ``τ + (D₂ − 1)/(D₁ + √(D₁² −
+    |S|(D₂ − 1)))`` (the rationalised smaller root, no cancellation), and it is the threshold
+    exactly when it keeps the support ``S`` (it is below ``min_S z``). Otherwise the Newton
+    step ``τ + (D₂ − 1)/(2 D₁)`` is taken.
+    """
+    keep = _keepdims_shape(z.shape, axes)
+    tau0 = jnp.full(keep, -1, z.dtype)
+    limit = _slice_size(z.shape, axes) + 64
+
+    def body(state):
+        i, tau, _ = state
+        on = z > tau
+        d = jnp.where(on, z - tau, 0)
+        k = jnp.sum(on, axes, keepdims=True).astype(z.dtype)
+        d1 = jnp.sum(d, axes, keepdims=True)
+        f = jnp.sum(d * d, axes, keepdims=True) - 1
+        zmin = jnp.min(jnp.where(on, z, jnp.inf), axes, keepdims=True)
+        exact = tau + f / (d1 + jnp.sqrt(jnp.maximum(d1 * d1 - k * f, 0)))
+        done = exact < zmin
+        newton = jnp.maximum(tau + f / (2 * d1), tau)
+        # an empty or NaN slice is done: its threshold is NaN or -inf either way
+        done = done | (k == 0) | jnp.isnan(f)
+        return i + 1, jnp.where(done, exact, newton), done
+
+    def cond(state):
+        i, _, done = state
+        return (i < limit) & ~jnp.all(done)
+
+    _, tau, _ = lax.while_loop(cond, body, (0, tau0, jnp.zeros(keep, bool)))
+    return tau
+
+
+def entmax_tau_bisect(
+    z: jax.Array, axes: tuple[int, ...], beta: jax.Array | float, n_iter: int
+) -> jax.Array:
+    """α-entmax threshold by bisection on ``τ ∈ [−1, 0]`` (``z`` already times ``α − 1``).
+
+    ``f(−1) ≥ 0`` (the maximum alone gives 1) and ``f(0) = −1``; the loop stops after
+    ``n_iter`` halvings or as soon as no slice's interval can shrink in this precision. The
+    lower end is returned: ``Σ p ≥ 1``, and the caller divides by the sum.
+    """
+    keep = _keepdims_shape(z.shape, axes)
+    lo0 = jnp.full(keep, -1, z.dtype)
+    hi0 = jnp.zeros(keep, z.dtype)
+
+    def mass(tau):
+        return jnp.sum(_power(jnp.maximum(z - tau, 0), beta), axes, keepdims=True)
+
+    def body(state):
+        i, lo, hi = state
+        mid = (lo + hi) / 2
+        above = mass(mid) >= 1
+        return i + 1, jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    def cond(state):
+        i, lo, hi = state
+        mid = (lo + hi) / 2
+        return (i < n_iter) & jnp.any((mid != lo) & (mid != hi))
+
+    _, lo, _ = lax.while_loop(cond, body, (0, lo0, hi0))
+    return lo
+
+
+def _power(d: jax.Array, beta: jax.Array | float) -> jax.Array:
+    """``d^β`` for ``d ≥ 0``: an integer power (multiplications) when β is a small integer."""
+    if isinstance(beta, (int, float)) and float(beta).is_integer() and 1 <= beta <= 8:
+        return lax.integer_pow(d, int(beta))
+    return jnp.power(d, beta)
+
+
+# --------------------------------------------------------------------------------------------
+# sparsemax
+# --------------------------------------------------------------------------------------------
+
+
+def sparsemax(
+    x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None, method: str = "auto"
+) -> jax.Array:
+    r"""Sparsemax over ``axis``: the Euclidean projection of ``x`` onto the probability simplex.
+
+    .. math::
+        \mathrm{sparsemax}(x) = \operatorname*{argmin}_{p \in \Delta} \|p - x\|^2
+        = [x - \tau]_+, \qquad \tau \text{ such that } \textstyle\sum_i [x_i - \tau]_+ = 1
+
+    Entries below the threshold are exactly 0. The gradient is the analytic VJP on the support
+    :math:`S = \{i : p_i > 0\}`, :math:`\bar x = [i \in S]\,(g - \tfrac{1}{|S|}\sum_{j \in S}
+    g_j)`, from the Jacobian :math:`\mathrm{diag}(s) - s s^\top / |S|` with :math:`s` the
+    support's indicator. The rule saves only the output.
+
+    Args:
+      x: scores, any shape ``[..., n, ...]``, floating point.
+      axis: the axis, or tuple of axes, to normalise over (``None``: all axes).
+      where: optional boolean mask broadcastable to ``x``; ``False`` entries are left out.
+      method: how the threshold is found: ``"newton"`` (a few O(n) passes), ``"sort"`` (the
+        sort-based closed form) or ``"auto"`` (the faster one measured, Newton). Both give
+        the same threshold.
+
+    Returns:
+      An array of ``x``'s shape and dtype whose slices along ``axis`` sum to one.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jsoftmax
+      >>> print(jsoftmax.sparsemax(jnp.array([1.0, 2.0, 3.0])))
+      [0. 0. 1.]
+      >>> print(jsoftmax.sparsemax(jnp.array([0.5, 0.25, -1.0])))
+      [0.625 0.375 0.   ]
+      >>> print(jsoftmax.sparsemax(jnp.array([1e4, 1e4 - 0.5])))
+      [0.75 0.25]
+
+    Notes:
+      * ``-inf`` entries get probability 0 and a zero gradient.
+      * Masked entries are 0 with a zero gradient; a fully masked slice is all 0 with a zero
+        gradient.
+      * An unmasked slice whose entries are all ``-inf`` is ``NaN``, as for
+        :func:`jsoftmax.softmax`; mask it (``where=x > -jnp.inf``) to get zeros.
+      * A ``+inf`` or ``NaN`` entry makes its own slice ``NaN``; other slices are unaffected.
+      * Tied entries get equal probabilities. Where an entry sits exactly on the threshold the
+        function is not differentiable; the rule gives it probability 0 and leaves it out of
+        the support (the one-sided derivative).
+      * float16/bfloat16 inputs are computed in float32 and returned in the input dtype.
+      * Integer and boolean inputs raise ``TypeError``.
+
+    See also:
+      :func:`entmax15`, :func:`entmax`, :func:`jsoftmax.sparsemax_loss`,
+      :func:`jsoftmax.sparsemax_jacobian`, :func:`jsoftmax.fwd.sparsemax`.
+    """
+    x, axes, mask = _prepare(x, axis, where, "sparsemax")
+    return _sparsemax(x, mask, axes, _check_method(method, "sparsemax"))
+
+
+def sparsemax_impl(x, where, axes, method):
+    """The primal: shift by the maximum, find τ, clip; masked entries exactly 0."""
+    z, _ = max_shifted(x.astype(compute_dtype(x.dtype)), axes, where)
+    find = sparsemax_tau_newton if method == "newton" else sparsemax_tau_sort
+    p = jnp.maximum(z - find(z, axes), 0)
+    if where is not None:
+        p = jnp.where(where, p, jnp.zeros((), p.dtype))  # a fully masked slice: 0, not NaN
+    return p.astype(x.dtype)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def sparsemax_twin(x, where, axes, method):
+    return sparsemax_impl(x, where, axes, method)
+
+
+@sparsemax_twin.defjvp
+def _sparsemax_jvp(axes, method, primals, tangents):
+    x, where = primals
+    p = sparsemax_twin(x, where, axes, method)
+    cdt = compute_dtype(p.dtype)
+    # ṗ = s ⊙ (ẋ − ⟨s, ẋ⟩ / |S|): linear in ẋ, so JAX can transpose it for reverse mode
+    u = support_weights(p.astype(cdt), 0)
+    return p, support_vjp(u, tangents[0].astype(cdt), axes).astype(p.dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _sparsemax(x, where, axes, method):
+    return sparsemax_impl(x, where, axes, method)
+
+
+def _sparsemax_fwd(x, where, axes, method):
+    # The output through the forward-mode twin (the same Jacobian as a custom_jvp rule): a
+    # derivative of this rule (grad-of-grad, or jax.hessian's forward-over-reverse) then
+    # differentiates p analytically instead of through the threshold search.
+    p = sparsemax_twin(x, where, axes, method)
+    return p, p  # the output is the only residual
+
+
+def _sparsemax_bwd(axes, method, p, g):
+    # x̄ = s ⊙ (g − ⟨s, g⟩ / |S|) with s = [p > 0]: the VJP of diag(s) − s sᵀ / |S|.
+    cdt = compute_dtype(p.dtype)
+    u = support_weights(p.astype(cdt), 0)
+    return support_vjp(u, g.astype(cdt), axes).astype(p.dtype), None
+
+
+_sparsemax.defvjp(_sparsemax_fwd, _sparsemax_bwd)
+
+
+# --------------------------------------------------------------------------------------------
+# 1.5-entmax
+# --------------------------------------------------------------------------------------------
+
+
+def entmax15(
+    x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None, method: str = "auto"
+) -> jax.Array:
+    r"""1.5-entmax over ``axis``: sparse like sparsemax, smooth like softmax near the top.
+
+    .. math::
+        \mathrm{entmax}_{1.5}(x) = \big[\tfrac{x}{2} - \tau\big]_+^2,
+        \qquad \tau \text{ such that } \textstyle\sum_i \big[\tfrac{x_i}{2} - \tau\big]_+^2 = 1
+
+    the α = 1.5 member of :func:`entmax` (Peters, Niculae & Martins, 2019). The gradient is the
+    analytic VJP :math:`\bar x = u \odot g - u \langle u, g\rangle / \sum_j u_j` with
+    :math:`u = \sqrt{p}`, from the Jacobian :math:`\mathrm{diag}(u) - u u^\top / \sum_j u_j`.
+    The rule saves only the output.
+
+    Args:
+      x: scores, any shape ``[..., n, ...]``, floating point.
+      axis: the axis, or tuple of axes, to normalise over (``None``: all axes).
+      where: optional boolean mask broadcastable to ``x``; ``False`` entries are left out.
+      method: ``"newton"`` (a few O(n) passes, exact root once the support is found),
+        ``"sort"`` (the sort-based closed form) or ``"auto"`` (Newton, the faster one measured).
+
+    Returns:
+      An array of ``x``'s shape and dtype whose slices along ``axis`` sum to one.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jsoftmax
+      >>> print(jsoftmax.entmax15(jnp.array([1.0, 2.0, 3.0])))
+      [0.     0.1693 0.8307]
+      >>> print(jsoftmax.entmax15(jnp.array([0.0, 0.0, -5.0])))
+      [0.5 0.5 0. ]
+
+    Notes:
+      * ``-inf`` entries get probability 0 and a zero gradient.
+      * Masked entries are 0 with a zero gradient; a fully masked slice is all 0 with a zero
+        gradient.
+      * An unmasked slice whose entries are all ``-inf`` is ``NaN`` (as for softmax); mask it
+        to get zeros.
+      * A ``+inf`` or ``NaN`` entry makes its own slice ``NaN``; other slices are unaffected.
+      * Tied entries get equal probabilities.
+      * float16/bfloat16 inputs are computed in float32 and returned in the input dtype.
+      * Integer and boolean inputs raise ``TypeError``.
+
+    See also:
+      :func:`sparsemax`, :func:`entmax`, :func:`jsoftmax.entmax_loss`,
+      :func:`jsoftmax.entmax15_jacobian`, :func:`jsoftmax.fwd.entmax15`.
+    """
+    x, axes, mask = _prepare(x, axis, where, "entmax15")
+    return _entmax15(x, mask, axes, _check_method(method, "entmax15"))
+
+
+def entmax15_impl(x, where, axes, method):
+    """The primal: ``z = (x − max x)/2``, find τ, square the clipped difference."""
+    z, _ = max_shifted(x.astype(compute_dtype(x.dtype)), axes, where)
+    z = z / 2  # (α − 1) x with α = 1.5
+    find = entmax15_tau_newton if method == "newton" else entmax15_tau_sort
+    d = jnp.maximum(z - find(z, axes), 0)
+    p = d * d
+    if where is not None:
+        p = jnp.where(where, p, jnp.zeros((), p.dtype))
+    return p.astype(x.dtype)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def entmax15_twin(x, where, axes, method):
+    return entmax15_impl(x, where, axes, method)
+
+
+@entmax15_twin.defjvp
+def _entmax15_jvp(axes, method, primals, tangents):
+    x, where = primals
+    p = entmax15_twin(x, where, axes, method)
+    cdt = compute_dtype(p.dtype)
+    # ṗ = u ⊙ ẋ − u ⟨u, ẋ⟩ / Σu with u = √p on the support
+    u = support_weights(p.astype(cdt), 0.5)
+    return p, support_vjp(u, tangents[0].astype(cdt), axes).astype(p.dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _entmax15(x, where, axes, method):
+    return entmax15_impl(x, where, axes, method)
+
+
+def _entmax15_fwd(x, where, axes, method):
+    p = entmax15_twin(x, where, axes, method)  # through the twin (see sparsemax)
+    return p, p
+
+
+def _entmax15_bwd(axes, method, p, g):
+    # x̄ = u ⊙ g − u ⟨u, g⟩ / Σu with u = √p on the support: the VJP of diag(u) − u uᵀ / Σu.
+    cdt = compute_dtype(p.dtype)
+    u = support_weights(p.astype(cdt), 0.5)
+    return support_vjp(u, g.astype(cdt), axes).astype(p.dtype), None
+
+
+_entmax15.defvjp(_entmax15_fwd, _entmax15_bwd)
+
+
+# --------------------------------------------------------------------------------------------
+# α-entmax
+# --------------------------------------------------------------------------------------------
+
+
+def _prepare_alpha(alpha, x: jax.Array, axes: tuple[int, ...], fn: str):
+    """``(static, alpha)``: a Python number (checked ≥ 1), or an array broadcast to the slices.
+
+    An array ``alpha`` must broadcast to ``x``'s shape with size 1 along ``axis`` (one α per
+    slice, or one for all); it is returned at that keepdims shape in the compute dtype.
+    """
+    if isinstance(alpha, bool):
+        raise TypeError(f"{fn}: alpha must be a float or a floating-point array; got {alpha!r}")
+    if isinstance(alpha, (int, float)):
+        if not (math.isfinite(alpha) and alpha >= 1):
+            raise ValueError(f"{fn}: alpha must be finite and >= 1; got {alpha!r}")
+        return float(alpha), None
+    a = as_float_array(alpha, "alpha", fn)
+    keep = _keepdims_shape(x.shape, axes)
+    if a.ndim > x.ndim:
+        raise ValueError(f"{fn}: alpha of shape {a.shape} has more axes than x of shape {x.shape}")
+    a = a.reshape((1,) * (x.ndim - a.ndim) + a.shape)
+    try:
+        ok = jnp.broadcast_shapes(a.shape, keep) == keep
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{fn}: alpha must be a scalar or broadcastable to {keep} (x's shape {x.shape} with "
+            f"size 1 along axis); got shape {a.shape}"
+        )
+    return None, jnp.broadcast_to(a, keep).astype(compute_dtype(x.dtype))
+
+
+def _check_n_iter(n_iter, fn: str) -> int:
+    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
+        raise ValueError(f"{fn}: n_iter must be a positive int; got {n_iter!r}")
+    return n_iter
+
+
+def entmax(
+    x: ArrayLike,
+    alpha: float | ArrayLike = 1.5,
+    axis: Axis = -1,
+    *,
+    where: ArrayLike | None = None,
+    n_iter: int = 50,
+) -> jax.Array:
+    r"""α-entmax over ``axis``: softmax at α = 1, sparsemax at α = 2, sparse for every α > 1.
+
+    .. math::
+        \alpha\text{-entmax}(x) = \operatorname*{argmax}_{p \in \Delta}
+        \langle x, p\rangle + \tfrac{1}{\alpha(\alpha-1)}\textstyle\sum_i (p_i - p_i^\alpha)
+        = \big[(\alpha-1)x - \tau\big]_+^{1/(\alpha-1)}
+
+    with :math:`\tau` such that the output sums to one. For α > 1 the threshold is found by
+    bisection (at most ``n_iter`` halvings; it stops early once the interval cannot shrink in
+    the compute precision) and the output is divided by its sum. The gradient is the analytic
+    VJP :math:`\bar x = u \odot g - u \langle u, g\rangle / \sum_j u_j` with
+    :math:`u = p^{2-\alpha}` on the support, and for an array ``alpha``
+
+    .. math::
+        \bar\alpha = \sum_i g_i \Big[\beta^2\big(p_i - \tfrac{u_i}{\sum u}\big)
+        - \beta\big(p_i \log p_i - \tfrac{u_i}{\sum u} \textstyle\sum_j p_j \log p_j\big)\Big],
+        \qquad \beta = \tfrac{1}{\alpha - 1},
+
+    both from the output alone: the rule saves only ``p`` (and ``alpha``).
+
+    Args:
+      x: scores, any shape ``[..., n, ...]``, floating point.
+      alpha: a Python number ≥ 1, or a floating-point array (differentiable) broadcastable to
+        ``x``'s shape with size 1 along ``axis`` (one α per slice).
+      axis: the axis, or tuple of axes, to normalise over (``None``: all axes).
+      where: optional boolean mask broadcastable to ``x``; ``False`` entries are left out.
+      n_iter: the most bisection steps (float32 needs about 25, float64 about 55).
+
+    Returns:
+      An array of ``x``'s shape and dtype whose slices along ``axis`` sum to one.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jsoftmax
+      >>> x = jnp.array([1.0, 2.0, 3.0])
+      >>> print(jsoftmax.entmax(x, 1.25))
+      [0.0345 0.2148 0.7507]
+      >>> print(jsoftmax.entmax(x, jnp.array(2.0)))
+      [0. 0. 1.]
+
+    Notes:
+      * A Python ``alpha`` of exactly 1, 1.5 or 2 uses the exact function:
+        :func:`jsoftmax.softmax`, :func:`entmax15` or :func:`sparsemax` (and their rules; no
+        gradient for ``alpha`` then). Any other Python ``alpha`` > 1 bisects.
+      * An array ``alpha`` always bisects; where it is ≤ 1 (or not finite) the output and its
+        gradients are ``NaN`` for that slice (values cannot be checked under ``jit``).
+      * Same ``-inf``, mask, ``+inf``/``NaN``, dtype conventions as :func:`sparsemax`.
+
+    See also:
+      :func:`sparsemax`, :func:`entmax15`, :func:`jsoftmax.entmax_loss`,
+      :func:`jsoftmax.entmax_jacobian`, :func:`jsoftmax.fwd.entmax`.
+    """
+    fn = "entmax"
+    x, axes, mask = _prepare(x, axis, where, fn)
+    static, arr = _prepare_alpha(alpha, x, axes, fn)
+    n_iter = _check_n_iter(n_iter, fn)
+    if static == 1.0:
+        return softmax(x, axes, where=mask)
+    if static == 1.5:
+        return _entmax15(x, mask, axes, "newton")
+    if static == 2.0:
+        return _sparsemax(x, mask, axes, "newton")
+    if static is not None:
+        arr = jnp.full(_keepdims_shape(x.shape, axes), static, compute_dtype(x.dtype))
+    return _entmax_bisect(x, arr, mask, axes, n_iter, static)
+
+
+def entmax_bisect_impl(x, alpha, where, axes, n_iter, static):
+    """The primal: ``z = (α − 1)(x − max x)``, bisect τ, power, divide by the sum."""
+    z, _ = max_shifted(x.astype(compute_dtype(x.dtype)), axes, where)
+    alpha = lax.stop_gradient(alpha)
+    # α ≤ 1 has no sparse solution: NaN for the slice, never a finite wrong distribution
+    bad = ~(alpha > 1)
+    am1 = jnp.where(bad, jnp.nan, alpha - 1)
+    z = z * am1
+    beta = 1 / (static - 1) if static is not None else 1 / am1
+    tau = entmax_tau_bisect(z, axes, beta, n_iter)
+    p = _power(jnp.maximum(z - tau, 0), beta)
+    p = p / jnp.sum(p, axes, keepdims=True)  # bisection leaves Σp ≥ 1 by a rounding error
+    if where is not None:
+        p = jnp.where(where, p, jnp.zeros((), p.dtype))
+    return p.astype(x.dtype)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
+def entmax_bisect_twin(x, alpha, where, axes, n_iter, static):
+    return entmax_bisect_impl(x, alpha, where, axes, n_iter, static)
+
+
+@entmax_bisect_twin.defjvp
+def _entmax_bisect_jvp(axes, n_iter, static, primals, tangents):
+    x, alpha, where = primals
+    dx, dalpha = tangents[0], tangents[1]
+    p = entmax_bisect_twin(x, alpha, where, axes, n_iter, static)
+    cdt = compute_dtype(p.dtype)
+    pc = p.astype(cdt)
+    # ṗ = u ⊙ ẋ − u ⟨u, ẋ⟩ / Σu + α̇ ∂p/∂α with u = p^(2−α) on the support
+    u = support_weights(pc, 2 - static if static is not None else 2 - alpha)
+    dp = support_vjp(u, dx.astype(cdt), axes) + dalpha * alpha_derivative(pc, u, alpha, axes)
+    return p, dp.astype(p.dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _entmax_bisect(x, alpha, where, axes, n_iter, static):
+    return entmax_bisect_impl(x, alpha, where, axes, n_iter, static)
+
+
+def _entmax_bisect_fwd(x, alpha, where, axes, n_iter, static):
+    p = entmax_bisect_twin(x, alpha, where, axes, n_iter, static)  # the twin (see sparsemax)
+    return p, (p, alpha)
+
+
+def _entmax_bisect_bwd(axes, n_iter, static, res, g):
+    # x̄ = u ⊙ g − u ⟨u, g⟩ / Σu with u = p^(2−α) on the support;
+    # ᾱ = Σ_i g_i ∂p_i/∂α (alpha_derivative), summed over each slice.
+    p, alpha = res
+    cdt = compute_dtype(p.dtype)
+    p, g = p.astype(cdt), g.astype(cdt)
+    u = support_weights(p, 2 - static if static is not None else 2 - alpha)
+    dx = support_vjp(u, g, axes)
+    dalpha = jnp.sum(g * alpha_derivative(p, u, alpha, axes), axes, keepdims=True)
+    return dx.astype(res[0].dtype), dalpha.astype(alpha.dtype), None
+
+
+_entmax_bisect.defvjp(_entmax_bisect_fwd, _entmax_bisect_bwd)
