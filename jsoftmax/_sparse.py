@@ -127,7 +127,7 @@ def _keepdims_shape(shape, axes):
 
 def _sorted_desc(z, axes):
     zs = -jnp.sort(-_to_last(z, axes), axis=-1)
-    k = jnp.arange(1, zs.shape[-1] + 1, dtype=zs.dtype)
+    k = jnp.arange(1, zs.shape[-1] + 1, dtype=zs.dtype).reshape((1,) * (zs.ndim - 1) + (-1,))
     return zs, k
 
 
@@ -254,6 +254,17 @@ def entmax_tau_bisect(
     return lo
 
 
+def _nan_if_posinf(tau: jax.Array, m: jax.Array) -> jax.Array:
+    """The threshold, NaN for a slice whose maximum is ``+inf``.
+
+    Shifting by ``+inf`` leaves the other entries at ``-inf`` and the infinite one NaN, which
+    the threshold search skips; without this its slice would come out finite (zeros with a NaN
+    hole). A ``NaN`` entry needs nothing: the maximum, and so the whole slice, is already NaN.
+    A per-slice select after the search: it does not split the elementwise kernels.
+    """
+    return jnp.where(jnp.isposinf(m), jnp.nan, tau)
+
+
 def _power(d: jax.Array, beta: jax.Array | float) -> jax.Array:
     """``d^β`` for ``d ≥ 0``: an integer power (multiplications) when β is a small integer."""
     if isinstance(beta, (int, float)) and float(beta).is_integer() and 1 <= beta <= 8:
@@ -324,9 +335,9 @@ def sparsemax(
 
 def sparsemax_impl(x, where, axes, method):
     """The primal: shift by the maximum, find τ, clip; masked entries exactly 0."""
-    z, _ = max_shifted(x.astype(compute_dtype(x.dtype)), axes, where)
+    z, m = max_shifted(x.astype(compute_dtype(x.dtype)), axes, where)
     find = sparsemax_tau_newton if method == "newton" else sparsemax_tau_sort
-    p = jnp.maximum(z - find(z, axes), 0)
+    p = jnp.maximum(z - _nan_if_posinf(find(z, axes), m), 0)
     if where is not None:
         p = jnp.where(where, p, jnp.zeros((), p.dtype))  # a fully masked slice: 0, not NaN
     return p.astype(x.dtype)
@@ -428,10 +439,10 @@ def entmax15(
 
 def entmax15_impl(x, where, axes, method):
     """The primal: ``z = (x − max x)/2``, find τ, square the clipped difference."""
-    z, _ = max_shifted(x.astype(compute_dtype(x.dtype)), axes, where)
+    z, m = max_shifted(x.astype(compute_dtype(x.dtype)), axes, where)
     z = z / 2  # (α − 1) x with α = 1.5
     find = entmax15_tau_newton if method == "newton" else entmax15_tau_sort
-    d = jnp.maximum(z - find(z, axes), 0)
+    d = jnp.maximum(z - _nan_if_posinf(find(z, axes), m), 0)
     p = d * d
     if where is not None:
         p = jnp.where(where, p, jnp.zeros((), p.dtype))
@@ -590,14 +601,14 @@ def entmax(
 
 def entmax_bisect_impl(x, alpha, where, axes, n_iter, static):
     """The primal: ``z = (α − 1)(x − max x)``, bisect τ, power, divide by the sum."""
-    z, _ = max_shifted(x.astype(compute_dtype(x.dtype)), axes, where)
+    z, m = max_shifted(x.astype(compute_dtype(x.dtype)), axes, where)
     alpha = lax.stop_gradient(alpha)
     # α ≤ 1 has no sparse solution: NaN for the slice, never a finite wrong distribution
     bad = ~(alpha > 1)
     am1 = jnp.where(bad, jnp.nan, alpha - 1)
     z = z * am1
     beta = 1 / (static - 1) if static is not None else 1 / am1
-    tau = entmax_tau_bisect(z, axes, beta, n_iter)
+    tau = _nan_if_posinf(entmax_tau_bisect(z, axes, beta, n_iter), m)
     p = _power(jnp.maximum(z - tau, 0), beta)
     p = p / jnp.sum(p, axes, keepdims=True)  # bisection leaves Σp ≥ 1 by a rounding error
     if where is not None:
