@@ -28,6 +28,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.scipy.special import entr
 from jax.typing import ArrayLike
 
 from jsoftmax._checks import Axis, check_reduction, compute_dtype
@@ -51,14 +52,15 @@ def _tsallis(p: jax.Array, alpha, static) -> jax.Array:
     Zero entries contribute exactly 0 and a finite derivative (the base is replaced by 1 off
     the support before the power or the log).
     """
+    if static == 1.0:
+        # −entr(p) = p log p with 0 log 0 = 0 and the true derivative log p + 1 (−inf at 0)
+        return -jnp.sum(entr(p), -1)
     on = p > 0
     safe = jnp.where(on, p, 1)
-    if static == 1.0:
-        return jnp.sum(jnp.where(on, p * jnp.log(safe), 0), -1)
     if static == 2.0:
         return (jnp.sum(p * p, -1) - 1) / 2
     if static == 1.5:
-        return (jnp.sum(p * jnp.sqrt(safe), -1) - 1) / 0.75
+        return (jnp.sum(jnp.where(on, p * jnp.sqrt(safe), 0), -1) - 1) / 0.75
     a = alpha[..., 0] if alpha.ndim == p.ndim else alpha
     return (jnp.sum(jnp.where(on, jnp.power(safe, alpha), 0), -1) - 1) / (a * (a - 1))
 
@@ -111,6 +113,30 @@ def _conjugate_bwd(kind, n_iter, static, res, g):
 _conjugate.defvjp(_conjugate_fwd, _conjugate_bwd)
 
 
+@jax.custom_vjp
+def _target_dot(t: jax.Array, z: jax.Array) -> jax.Array:
+    """``⟨t, z⟩`` over the last axis with ``0 · (−inf) = 0``, and the exact derivatives.
+
+    A class with no target mass and a ``-inf`` logit adds nothing to the value, but the
+    derivative with respect to its target is still its logit: a plain ``where(t == 0, 0, t z)``
+    would report 0 there for every zero target (a finite wrong number), not ``z`` (or ``−inf``).
+    """
+    return jnp.sum(xmul(t, z), -1)
+
+
+def _target_dot_fwd(t, z):
+    return _target_dot(t, z), (t, z)
+
+
+def _target_dot_bwd(res, g):
+    # ∂⟨t, z⟩/∂t = z (even where t = 0), ∂⟨t, z⟩/∂z = t
+    t, z = res
+    return g[..., None] * z, g[..., None] * t
+
+
+_target_dot.defvjp(_target_dot_fwd, _target_dot_bwd)
+
+
 def _fy_loss(fn, logits, labels, axis, weight, ignore_index, reduction, where, alpha, n_iter):
     """Shared body of the two losses: per-example ``ω · L`` and the reduction."""
     check_reduction(reduction, fn)
@@ -144,7 +170,7 @@ def _fy_loss(fn, logits, labels, axis, weight, ignore_index, reduction, where, a
         t = inp.labels.astype(cdt)
         if inp.mask is not None:
             t = jnp.where(inp.mask, t, 0)  # masked classes carry no target mass
-        lin = jnp.sum(xmul(t, z), -1)  # ⟨z, t⟩ with 0 · (-inf) = 0
+        lin = _target_dot(t, z)
         omega_t = _tsallis(t, arr, static)
         # m (1 − Σt) is 0 for a target that sums to one; it keeps the loss the Fenchel–Young
         # loss of θ (and ∂L/∂t = ∇Ω(t) − θ) for one that does not

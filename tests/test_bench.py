@@ -216,3 +216,59 @@ def test_optax_step_is_the_public_step_but_for_the_loss():
 def test_unknown_suite_is_rejected(tmp_path):
     with pytest.raises(SystemExit):
         bench.main(["--suites", "nope", "--out", str(tmp_path)])
+
+
+def test_sparse_suite_quick_run(monkeypatch, tmp_path):
+    from jsoftmax.bench import sparse
+
+    monkeypatch.setattr(sparse, "QUICK_SHAPES", [(16, 64)])  # one tiny shape: seconds
+    monkeypatch.setattr(sparse, "TORCH_WARMUP_S", 0.05)
+    assert bench.main(["--quick", "--suites", "sparse", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results-cpu-float32-quick.json").read_text())["rows"]
+    assert {r["suite"] for r in rows} == {"sparse"}
+    timed = [r for r in rows if "skipped" not in r]
+    by_baseline: dict[str, set] = {}
+    for r in timed:
+        by_baseline.setdefault(r["baseline"].split(" (")[0], set()).add(r["op"])
+        assert r["shape"] == [16, 64] and r["dtype"] == "float32"
+        assert r["jsoftmax_ms"] > 0 and r["baseline_ms"] > 0 and r["reps"] >= 3
+        assert r["ratio"] == pytest.approx(r["jsoftmax_ms"] / r["baseline_ms"])
+        assert 1e-3 < r["ratio"] < 1e4
+    ops = [f"{v} {w}" for v in sparse.VARIANTS for w in ("forward", "value_and_grad")]
+    assert by_baseline["optax projection_simplex"] == {o for o in ops if "sparsemax" in o}
+    assert by_baseline["jsoftmax.softmax"] == set(ops)
+    for r in timed:
+        if r["baseline"].startswith(("optax", "jsoftmax")):  # compiled: temp memory measured
+            assert r["jsoftmax_temp_bytes"] >= 0 and r["baseline_temp_bytes"] >= 0
+            assert r["compile_s"]["jsoftmax"] > 0 and r["compile_s"]["baseline"] > 0
+            # sparsemax against optax's projection; 1.5-entmax's three ways against each other
+            assert r["max_abs_diff"] <= 1e-5, (r["op"], r["max_abs_diff_vs"])
+    torch_rows = [r for r in timed if r["baseline"].startswith("torch")]
+    skipped = [r for r in rows if "skipped" in r]
+    if skipped:  # PyTorch or entmax missing here: one row saying why
+        assert len(skipped) == 1 and "not installed" in skipped[0]["skipped"]
+    else:
+        assert {r["op"] for r in torch_rows} == {
+            f"{v} {w}" for v in sparse.TORCH for w in ("forward", "value_and_grad")
+        }
+    md = (tmp_path / "results-cpu-float32-quick.md").read_text()
+    assert md.count("| sparse |") == len(rows)
+
+
+def test_sparse_suite_agrees_with_optax_and_says_why_torch_is_skipped(monkeypatch):
+    from jsoftmax.bench import sparse
+
+    # the harness's functions, outside it: jsoftmax's sparsemax is optax's projection
+    x = jax.random.normal(jax.random.key(1), (8, 48))
+    fns = sparse.functions("forward")
+    want = fns["optax"](x)
+    for name in ("sparsemax newton", "sparsemax sort"):
+        np.testing.assert_allclose(fns[name](x), want, rtol=1e-5, atol=1e-5)
+    assert sparse.fitted_reps(1e-6) == sparse.MAX_REPS
+    assert sparse.fitted_reps(1e3) == sparse.MIN_REPS
+    monkeypatch.setitem(sys.modules, "entmax", None)  # `import entmax` raises ImportError
+    monkeypatch.delenv("JSOFTMAX_TORCH_PYTHON", raising=False)
+    (row,) = sparse.torch_rows([(4, 8)], "float32", 3, {})
+    assert row["suite"] == "sparse" and "not installed" in row["skipped"]
+    (row,) = sparse.torch_rows([(4, 8)], "bfloat16", 3, {})
+    assert "float32 only" in row["skipped"]

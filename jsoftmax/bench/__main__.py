@@ -52,6 +52,12 @@ def _train_step(quick: bool, dtype: str) -> list[dict]:  # float32 only
     return train_step.run(quick=quick)
 
 
+def _sparse(quick: bool, dtype: str) -> list[dict]:  # its PyTorch rows: float32 only
+    from jsoftmax.bench import sparse
+
+    return sparse.run(quick=quick, dtype=dtype)
+
+
 def _torch(quick: bool, dtype: str) -> list[dict]:  # float32 only
     from jsoftmax.bench import core
 
@@ -65,6 +71,7 @@ SUITES: dict[str, Callable[[bool, str], list[dict]]] = {
     "losses": _losses,
     "linear_xent": _linear_xent,
     "train_step": _train_step,
+    "sparse": _sparse,
     "torch": _torch,
 }
 
