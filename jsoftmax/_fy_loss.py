@@ -27,6 +27,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.scipy.special import entr
 from jax.typing import ArrayLike
@@ -143,8 +144,19 @@ def _fy_loss(fn, logits, labels, axis, weight, ignore_index, reduction, where, a
     inp = _prepare(logits, labels, axis, weight, ignore_index, where, fn)
     cdt = compute_dtype(inp.logits.dtype)
     theta = inp.logits.astype(cdt)
-    if not isinstance(alpha, (int, float)):
-        alpha = jnp.asarray(alpha)[..., None]  # one α per example: size 1 along the classes
+    if not isinstance(alpha, (int, float, np.integer, np.floating)) or isinstance(alpha, bool):
+        a = jnp.asarray(alpha)
+        batch = theta.shape[:-1]
+        try:
+            ok = a.ndim <= len(batch) and np.broadcast_shapes(a.shape, batch) == batch
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{fn}: alpha must be a scalar or broadcastable to {batch} (one alpha per "
+                f"example: logits' shape without the class axes); got shape {a.shape}"
+            )
+        alpha = a[..., None]  # size 1 along the classes
     static, arr = _prepare_alpha(alpha, theta, (theta.ndim - 1,), fn)
     if static is not None and static not in (1.0, 1.5, 2.0):
         arr = jnp.full((*theta.shape[:-1], 1), static, cdt)
@@ -221,9 +233,9 @@ def sparsemax_loss(
         + \tfrac12\|t\|^2, \qquad p = \mathrm{sparsemax}(z)
 
     For integer labels this is Martins & Astudillo's
-    :math:`-z_y + \tfrac12\sum_{j \in S}(z_j^2 - \tau^2) + \tfrac12`. It is ≥ 0, zero exactly
-    when :math:`p = t`, and its gradient is :math:`p - t` (computed as such: the rule saves
-    only :math:`p`).
+    :math:`-z_y + \tfrac12\sum_{j \in S}(z_j^2 - \tau^2) + \tfrac12`. It is ≥ 0 (see Notes for
+    masked labels), zero exactly when :math:`p = t`, and its gradient is :math:`p - t`
+    (computed as such: the rule saves only :math:`p`).
     {args}
 
     Returns:
@@ -249,7 +261,17 @@ def sparsemax_loss(
       * If no example contributes, ``"mean"`` returns 0 with zero gradients.
       * Probability labels are differentiable: :math:`\partial L/\partial t = t - z`. For a
         target that does not sum to one the loss is still the Fenchel–Young loss of the
-        logits (it then depends on their level; the gradients are exact).
+        logits, which then moves with their level by :math:`m (1 - \sum t)` (``m`` the row
+        maximum; the gradients are exact). This includes targets that miss 1 by rounding
+        (bfloat16, or float32 targets with float64 logits): normalise them in the logits'
+        dtype when the logits are large.
+      * "≥ 0" holds for targets on the live classes. An integer label on a class masked by
+        ``where`` scores its own logit against the masked normaliser (as
+        :func:`jsoftmax.cross_entropy` does) and can give a negative loss; probability mass
+        on masked classes is dropped from the target.
+      * Class weights with probability labels weigh each example by ``⟨weight, t⟩`` (one-hot
+        targets then equal integer labels); :func:`jsoftmax.cross_entropy` weighs each class
+        term instead.
       * float16/bfloat16 logits are computed in float32.
 
     See also:
@@ -279,10 +301,10 @@ def entmax_loss(
         \qquad \Omega_\alpha(p) = \frac{\sum_i p_i^\alpha - 1}{\alpha(\alpha - 1)},
         \qquad p = \alpha\text{-entmax}(z)
 
-    (:math:`\Omega_1(p) = \sum_i p_i \log p_i`). It is ≥ 0, zero exactly when :math:`p = t`,
-    and its gradient is :math:`p - t`. At α = 1 it is the cross-entropy minus the target's
-    entropy (equal to :func:`jsoftmax.cross_entropy` for integer labels), at α = 2
-    :func:`sparsemax_loss`.
+    (:math:`\Omega_1(p) = \sum_i p_i \log p_i`). It is ≥ 0 (targets on the live classes), zero
+    exactly when :math:`p = t`, and its gradient is :math:`p - t`. At α = 1 it is the cross-entropy minus the target's
+    entropy (without class weights; equal to :func:`jsoftmax.cross_entropy` for integer
+    labels, with every option), at α = 2 :func:`sparsemax_loss`.
     {args}
       alpha: a Python number ≥ 1 (1, 1.5 and 2 use the exact normalisers; others bisect) or
         a floating-point array, differentiable, broadcastable to the logits without the class

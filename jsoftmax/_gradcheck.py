@@ -57,6 +57,22 @@ def cases(seed: int = 0) -> list[Case]:
     tok = jnp.concatenate([tok, tok[:2]])
     ce = jsoftmax.cross_entropy
     lce = jsoftmax.linear_cross_entropy
+    # scores for the sparse normalisers with every entry at least 0.1 from its slice's
+    # threshold, so the finite differences never cross a change of support (where the
+    # derivative jumps), and no probability on the support below 0.02 (1.5-entmax's second
+    # derivative grows like 1/√p there), for α = 1.5, 2 and each row's own α below (checked
+    # against the float64 reference when these rows were chosen; at least 3 in each support)
+    xs = jnp.array(
+        [
+            [-0.1, -0.3, 0.7, 0.2, -0.3, -0.3, 0.4],
+            [0.9, 0.3, -0.8, 0.7, -0.5, 0.9, -1.1],
+            [1.2, -0.3, -0.8, 0.8, 0.3, 0.9, -0.3],
+            [-1.1, -1.0, 0.0, -1.0, 0.5, 0.6, 0.5],
+        ],
+        jnp.float64,
+    )
+    alpha = jnp.array([[1.3], [1.6], [1.8], [2.4]], jnp.float64)
+    fy = jsoftmax.entmax_loss
 
     return [
         Case("softmax", jsoftmax.softmax, (x,)),
@@ -92,6 +108,26 @@ def cases(seed: int = 0) -> list[Case]:
             "linear_cross_entropy(softcap, z_loss)",
             lambda h, w: lce(h, w, tok, chunk_size=3, softcap=3.0, z_loss=1e-2),
             (h, w),
+        ),
+        Case("sparsemax", jsoftmax.sparsemax, (xs,)),
+        Case("sparsemax(method=sort)", lambda x: jsoftmax.sparsemax(x, method="sort"), (xs,)),
+        Case("entmax15", jsoftmax.entmax15, (xs,)),
+        Case("entmax(alpha array)", lambda x, a: jsoftmax.entmax(x, a, n_iter=100), (xs, alpha)),
+        Case("fwd.sparsemax", fwd.sparsemax, (xs,), modes=("fwd", "rev")),
+        Case("fwd.entmax15", fwd.entmax15, (xs,), modes=("fwd", "rev")),
+        Case(
+            "fwd.entmax(alpha array)",
+            lambda x, a: fwd.entmax(x, a, n_iter=100),
+            (xs, alpha),
+            modes=("fwd", "rev"),
+        ),
+        Case("sparsemax_loss", lambda z: jsoftmax.sparsemax_loss(z, labels), (xs,)),
+        Case("sparsemax_loss(prob labels)", jsoftmax.sparsemax_loss, (xs, probs)),
+        Case("entmax_loss", lambda z: fy(z, labels, weight=weight), (xs,)),
+        Case(
+            "entmax_loss(alpha array)",
+            lambda z, a: fy(z, labels, a[:, 0], n_iter=100),
+            (xs, alpha),
         ),
     ]
 

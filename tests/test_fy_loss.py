@@ -436,3 +436,43 @@ def test_jit_vmap_compositions(alpha):
     np.testing.assert_allclose(
         jax.jit(jax.grad(lambda z: jax.vmap(f)(z, y).sum()))(z), g, atol=1e-6
     )
+
+
+def test_alpha_array_must_broadcast_to_the_examples_and_the_error_says_so():
+    z = rand((4, 5))
+    with pytest.raises(ValueError, match=r"broadcastable to \(4,\).*got shape \(3,\)"):
+        jsoftmax.entmax_loss(z, jnp.arange(4), jnp.ones(3))
+    np.testing.assert_allclose(
+        jsoftmax.entmax_loss(z, jnp.arange(4), jnp.full(4, 1.3), reduction="none"),
+        jsoftmax.entmax_loss(z, jnp.arange(4), 1.3, reduction="none"),
+        rtol=1e-6,
+    )
+
+
+def test_integer_label_on_a_masked_class_scores_its_logit_and_can_be_negative():
+    z = jnp.array([[2.0, 1.0, 0.5]])
+    where = jnp.array([[False, True, True]])
+    got = jsoftmax.sparsemax_loss(z, jnp.array([0]), where=where, reduction="none")
+    p = jsoftmax.sparsemax(z, where=where)
+    want = jnp.sum(p * z) - 0.5 * jnp.sum(p**2) - z[0, 0] + 0.5
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got[0] < 0
+    # probability mass on the masked class is dropped from the target instead: t' = 0, so
+    # L = ⟨z, p⟩ − (½‖p‖² − ½) − ⟨z, t'⟩ + (½‖t'‖² − ½)
+    t = jnp.array([[1.0, 0.0, 0.0]])
+    dropped = jsoftmax.sparsemax_loss(z, t, where=where, reduction="none")
+    np.testing.assert_allclose(dropped, jnp.sum(p * z) - 0.5 * jnp.sum(p**2), rtol=1e-6)
+
+
+def test_class_weights_with_probability_labels_weigh_each_example_by_its_expected_weight():
+    z = rand((3, 4))
+    t = jax.nn.softmax(rand((3, 4), seed=5))
+    w = jnp.array([1.0, 2.0, 0.5, 3.0])
+    per = jsoftmax.sparsemax_loss(z, t, reduction="none")
+    omega = t @ w
+    np.testing.assert_allclose(
+        jsoftmax.sparsemax_loss(z, t, weight=w, reduction="none"), omega * per, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        jsoftmax.sparsemax_loss(z, t, weight=w), jnp.sum(omega * per) / jnp.sum(omega), rtol=1e-6
+    )

@@ -486,3 +486,98 @@ def test_jacobian_is_zero_off_the_support_and_along_another_axis():
     assert J.shape == (3, 5, 5)
     off = p == 0
     assert np.all(J[off] == 0) and np.all(np.swapaxes(J, -1, -2)[off] == 0)
+
+
+# ------------------------------------------------------------- review regressions
+
+
+# Rows with an entry within an ulp of the 1.5-entmax threshold: the exact root of a piece can
+# round onto that entry and fail the support count on every pass (the loop then ran to its
+# limit and returned NaN).
+NEAR_THRESHOLD_F32 = [
+    0.0, 1.192244529724121, -0.4935152232646942, -0.5319418907165527, -0.5409639477729797,
+    -0.12054093182086945, -0.017247144132852554, -0.0409848652780056,
+]  # fmt: skip
+NEAR_THRESHOLD_F64_HEX = [
+    "0x1.4314c75b26e8cp-1", "0x1.f91651d366287p-1", "0x1.0aa1eb52e9bf5p-1",
+    "0x1.541ae45b5eae3p-1", "0x1.3fc4d9165c585p+1", "0x1.1c2441881c560p-1",
+    "0x1.1c2441881c560p-1", "0x1.645ebf3496fa7p-1",
+]  # fmt: skip
+
+
+def test_entmax15_newton_with_an_entry_on_the_threshold_is_finite_and_matches_sort():
+    x = jnp.asarray(NEAR_THRESHOLD_F32, jnp.float32)
+    np.testing.assert_allclose(jsoftmax.entmax15(x), jsoftmax.entmax15(x, method="sort"), atol=1e-6)
+    with jax.enable_x64(True):
+        r = jnp.asarray([float.fromhex(h) for h in NEAR_THRESHOLD_F64_HEX])
+        np.testing.assert_allclose(jsoftmax.entmax15(r), ref64(1.5, r), atol=1e-14)
+
+
+@pytest.mark.parametrize("fn", ["sparsemax", "entmax15"])
+def test_newton_matches_sort_with_entries_placed_ulps_around_the_threshold(fn, x64):
+    alpha = ALPHA[fn]
+    rows = []
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x = rng.normal(size=12)
+        p = ref64(alpha, x)
+        z = (alpha - 1) * (x - x.max())
+        tau = np.min(z[p > 0] - p[p > 0] ** (alpha - 1))
+        j = int(np.argmin(np.where(p > 0, np.inf, -z)))  # an entry off the support
+        x[j] = x.max() + np.nextafter(tau, rng.choice([-1, 1]) * np.inf) / (alpha - 1)
+        rows.append(x)
+    x = jnp.asarray(np.stack(rows))
+    f = jax.jit(lambda x: getattr(jsoftmax, fn)(x))
+    np.testing.assert_allclose(f(x), getattr(jsoftmax, fn)(x, method="sort"), atol=1e-12)
+    np.testing.assert_allclose(f(x), ref64(alpha, x), atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("twin", [False, True], ids=["custom_vjp", "fwd_twin"])
+@pytest.mark.parametrize("bad", [jnp.inf, jnp.nan], ids=["inf", "nan"])
+def test_inf_or_nan_slice_has_a_nan_gradient_not_a_finite_one(name, twin, bad):
+    f = (TWINS if twin else NORMALISERS)[name]
+    x = rand((2, 5)).at[0, 2].set(bad)
+    p = f(x)
+    assert np.all(np.isnan(p[0])) and np.all(np.isfinite(p[1]))
+    g = jax.grad(lambda x: jnp.sum(f(x) * jnp.arange(5.0)[None]))(x)
+    assert np.all(np.isnan(g[0])) and np.all(np.isfinite(g[1]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_twins_mask_conventions_match_the_custom_vjp_functions(name):
+    x = rand((3, 6)).at[0, 1].set(-jnp.inf)
+    where = jnp.array([[True] * 6, [True, False] * 3, [False] * 6])
+    np.testing.assert_allclose(TWINS[name](x, where=where), NORMALISERS[name](x, where=where))
+
+
+def test_fwd_entmax_alpha_array_not_above_one_gives_nan():
+    p = fwd.entmax(rand((2, 5)), jnp.array([[1.5], [0.9]]))
+    assert np.all(np.isnan(p[1])) and np.all(np.isfinite(p[0]))
+
+
+@pytest.mark.parametrize(
+    "alpha,exact", [(np.float32(2.0), "sparsemax"), (np.float64(1.5), "entmax15")]
+)
+def test_numpy_scalar_alpha_is_a_python_number(alpha, exact):
+    x = rand((3, 7))
+    np.testing.assert_array_equal(jsoftmax.entmax(x, alpha), getattr(jsoftmax, exact)(x))
+
+
+def test_alpha_shape_error_reports_the_shape_given_and_n_iter_type():
+    x = rand((4, 5))
+    with pytest.raises(ValueError, match=r"broadcastable to \(4, 1\).*got shape \(4,\)"):
+        jsoftmax.entmax(x, jnp.ones(4))
+    with pytest.raises(ValueError, match=r"got shape \(2, 4, 1\)"):
+        jsoftmax.entmax(x, jnp.ones((2, 4, 1)))
+    with pytest.raises(TypeError, match=r"n_iter must be a positive int; got 50\.0"):
+        jsoftmax.entmax(x, 1.3, n_iter=50.0)
+
+
+def test_bisection_float32_accuracy_is_within_the_documented_bounds():
+    x = rand((8, 30))
+    with jax.enable_x64(True):
+        want = {a: ref64(a, np.asarray(x, np.float64)) for a in (1.3, 2.0, 5.0)}
+    assert np.abs(jsoftmax.entmax(x, jnp.array(2.0)) - want[2.0]).max() < 1e-6
+    assert np.abs(jsoftmax.entmax(x, 1.3) - want[1.3]).max() < 1e-6
+    assert np.abs(jsoftmax.entmax(x, 5.0) - want[5.0]).max() < 1e-4
