@@ -302,9 +302,10 @@ def entmax_loss(
         \qquad p = \alpha\text{-entmax}(z)
 
     (:math:`\Omega_1(p) = \sum_i p_i \log p_i`). It is ≥ 0 (targets on the live classes), zero
-    exactly when :math:`p = t`, and its gradient is :math:`p - t`. At α = 1 it is the cross-entropy minus the target's
-    entropy (without class weights; equal to :func:`jsoftmax.cross_entropy` for integer
-    labels, with every option), at α = 2 :func:`sparsemax_loss`.
+    exactly when :math:`p = t`, and its gradient is :math:`p - t`. At α = 1 it is the
+    cross-entropy minus the target's entropy (without class weights; equal to
+    :func:`jsoftmax.cross_entropy` for integer labels, with every option), at α = 2
+    :func:`sparsemax_loss`.
     {args}
       alpha: a Python number ≥ 1 (1, 1.5 and 2 use the exact normalisers; others bisect) or
         a floating-point array, differentiable, broadcastable to the logits without the class
