@@ -24,7 +24,6 @@ from jsoftmax._softmax import _log_softmax_impl, _logsumexp_impl, _lse, _prepare
 from jsoftmax._sparse import (
     _check_method,
     _check_n_iter,
-    _keepdims_shape,
     _prepare_alpha,
     entmax15_twin,
     entmax_bisect_twin,
@@ -294,14 +293,12 @@ def entmax(
     """
     fn = "fwd.entmax"
     x, axes, mask = _prepare(x, axis, where, fn)
-    static, arr = _prepare_alpha(alpha, x, axes, fn)
+    kind, static, arr = _prepare_alpha(alpha, x, axes, fn)
     n_iter = _check_n_iter(n_iter, fn)
-    if static == 1.0:
+    if kind == "softmax":
         return _softmax(x, mask, axes)
-    if static == 1.5:
+    if kind == "entmax15":
         return entmax15_twin(x, mask, axes, "newton")
-    if static == 2.0:
+    if kind == "sparsemax":
         return sparsemax_twin(x, mask, axes, "newton")
-    if static is not None:
-        arr = jnp.full(_keepdims_shape(x.shape, axes), static, compute_dtype(x.dtype))
     return entmax_bisect_twin(x, arr, mask, axes, n_iter, static)

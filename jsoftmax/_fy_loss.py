@@ -157,10 +157,7 @@ def _fy_loss(fn, logits, labels, axis, weight, ignore_index, reduction, where, a
                 f"example: logits' shape without the class axes); got shape {a.shape}"
             )
         alpha = a[..., None]  # size 1 along the classes
-    static, arr = _prepare_alpha(alpha, theta, (theta.ndim - 1,), fn)
-    if static is not None and static not in (1.0, 1.5, 2.0):
-        arr = jnp.full((*theta.shape[:-1], 1), static, cdt)
-    kind = {1.0: "softmax", 1.5: "entmax15", 2.0: "sparsemax"}.get(static, "bisect")
+    kind, static, arr = _prepare_alpha(alpha, theta, (theta.ndim - 1,), fn)
     # z = θ − m with the row maximum m a constant (a finite start: a fully masked row is all
     # -inf, p* = 0, and the example is masked anyway)
     z, m = max_shifted(theta, (theta.ndim - 1,), inp.mask, finite=True)

@@ -190,7 +190,7 @@ def entmax_jacobian(x: ArrayLike, alpha: float = 1.5, axis: int = -1) -> jax.Arr
     fn = "entmax_jacobian"
     x = as_float_array(x, "x", fn)
     ax = single_axis(axis, x.ndim, fn)
-    static, _ = _prepare_alpha(alpha, x, (ax,), fn)
+    _, static, _ = _prepare_alpha(alpha, x, (ax,), fn)
     if static is None:
         raise TypeError(f"{fn}: alpha must be a Python number >= 1; got {alpha!r}")
     p = jnp.moveaxis(entmax(x, static, ax), ax, -1)

@@ -547,11 +547,18 @@ _entmax15.defvjp(_entmax15_fwd, _entmax15_bwd)
 # --------------------------------------------------------------------------------------------
 
 
-def _prepare_alpha(alpha, x: jax.Array, axes: tuple[int, ...], fn: str):
-    """``(static, alpha)``: a Python number (checked ≥ 1), or an array broadcast to the slices.
+#: Python values of α with an exact function of their own (no bisection)
+_EXACT = {1.0: "softmax", 1.5: "entmax15", 2.0: "sparsemax"}
 
-    An array ``alpha`` must broadcast to ``x``'s shape with size 1 along ``axis`` (one α per
-    slice, or one for all); it is returned at that keepdims shape in the compute dtype.
+
+def _prepare_alpha(alpha, x: jax.Array, axes: tuple[int, ...], fn: str):
+    """``(kind, static, alpha)``: which function computes α-entmax, and its α.
+
+    ``kind`` is ``"softmax"``, ``"entmax15"`` or ``"sparsemax"`` for a Python number of exactly
+    1, 1.5 or 2 (the exact functions), else ``"bisect"``. ``static`` is a Python number's value
+    (checked ≥ 1), ``None`` for an array. ``alpha`` is ``None`` for the exact functions, else an
+    array at ``x``'s shape with size 1 along ``axis`` in the compute dtype: an array ``alpha``
+    must broadcast there (one α per slice, or one for all).
     """
     if isinstance(alpha, bool):
         raise TypeError(f"{fn}: alpha must be a float or a floating-point array; got {alpha!r}")
@@ -560,7 +567,12 @@ def _prepare_alpha(alpha, x: jax.Array, axes: tuple[int, ...], fn: str):
     if isinstance(alpha, (int, float)):
         if not (math.isfinite(alpha) and alpha >= 1):
             raise ValueError(f"{fn}: alpha must be finite and >= 1; got {alpha!r}")
-        return float(alpha), None
+        static = float(alpha)
+        kind = _EXACT.get(static, "bisect")
+        if kind != "bisect":
+            return kind, static, None
+        keep = _keepdims_shape(x.shape, axes)
+        return kind, static, jnp.full(keep, static, compute_dtype(x.dtype))
     a = as_float_array(alpha, "alpha", fn)
     keep = _keepdims_shape(x.shape, axes)
     given = a.shape
@@ -576,7 +588,7 @@ def _prepare_alpha(alpha, x: jax.Array, axes: tuple[int, ...], fn: str):
             f"{fn}: alpha must be a scalar or broadcastable to {keep} (x's shape {x.shape} with "
             f"size 1 along axis: one alpha per slice); got shape {given}"
         )
-    return None, jnp.broadcast_to(a, keep).astype(compute_dtype(x.dtype))
+    return "bisect", None, jnp.broadcast_to(a, keep).astype(compute_dtype(x.dtype))
 
 
 def _check_n_iter(n_iter, fn: str) -> int:
@@ -655,16 +667,14 @@ def entmax(
     """
     fn = "entmax"
     x, axes, mask = _prepare(x, axis, where, fn)
-    static, arr = _prepare_alpha(alpha, x, axes, fn)
+    kind, static, arr = _prepare_alpha(alpha, x, axes, fn)
     n_iter = _check_n_iter(n_iter, fn)
-    if static == 1.0:
+    if kind == "softmax":
         return softmax(x, axes, where=mask)
-    if static == 1.5:
+    if kind == "entmax15":
         return _entmax15(x, mask, axes, "newton")
-    if static == 2.0:
+    if kind == "sparsemax":
         return _sparsemax(x, mask, axes, "newton")
-    if static is not None:
-        arr = jnp.full(_keepdims_shape(x.shape, axes), static, compute_dtype(x.dtype))
     return _entmax_bisect(x, arr, mask, axes, n_iter, static)
 
 
