@@ -340,14 +340,24 @@ def _xent_integer_bwd(opts, res: _IntegerResiduals, g):
         u = (g * res.b)[..., None]
         u = u if res.weight is None else u * _per_class(res.weight, u.ndim)
         dz = dz - (u if res.mask is None else jnp.where(res.mask, u, 0))
-    # The one-hot part a · [c = y]: a scatter-add of one value per example into dz, in place,
-    # rather than an iota comparison over every logit. An index past the end (ignored or
-    # out-of-range labels, whose rows are 0 or NaN already) is dropped.
+    # The one-hot part a · [c = y]. An index past the end (ignored or out-of-range labels, whose
+    # rows are 0 or NaN already) never matches: it is dropped.
     n_classes, labels = dz.shape[-1], res.labels
-    y = jnp.where((labels < 0) | (labels >= n_classes), n_classes, labels).reshape(-1)
-    rows = dz.reshape(-1, n_classes)
-    rows = rows.at[jnp.arange(rows.shape[0]), y].add(-(g * res.a).reshape(-1), mode="drop")
-    return rows.reshape(dz.shape).astype(res.e_or_z.dtype), None, None, None, None, None
+    y = jnp.where((labels < 0) | (labels >= n_classes), n_classes, labels)
+    if res.m is None:
+        # Same precision: a scatter-add of one value per example into dz, in place, rather
+        # than an iota comparison over every logit.
+        rows = dz.reshape(-1, n_classes)
+        a = -(g * res.a).reshape(-1)
+        rows = rows.at[jnp.arange(rows.shape[0]), y.reshape(-1)].add(a, mode="drop")
+        return rows.reshape(dz.shape), None, None, None, None, None
+    # Half precision: dz is float32 and the result is not, so a scatter would need the float32
+    # dz as a buffer of its own (N·V·4 bytes, and one more pass over it). The comparison with
+    # the class index fuses into the one elementwise pass that recomputes e, subtracts the
+    # one-hot part in float32 and rounds once to z's dtype.
+    hit = lax.broadcasted_iota(jnp.int32, dz.shape, dz.ndim - 1) == y[..., None].astype(jnp.int32)
+    dz = dz - jnp.where(hit, (g * res.a)[..., None], 0)
+    return dz.astype(res.e_or_z.dtype), None, None, None, None, None
 
 
 _xent_integer.defvjp(_xent_integer_fwd, _xent_integer_bwd)

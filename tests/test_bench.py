@@ -272,3 +272,45 @@ def test_sparse_suite_agrees_with_optax_and_says_why_torch_is_skipped(monkeypatc
     assert row["suite"] == "sparse" and "not installed" in row["skipped"]
     (row,) = sparse.torch_rows([(4, 8)], "bfloat16", 3, {})
     assert "float32 only" in row["skipped"]
+
+
+def test_compare_on_an_accelerator_times_several_calls_per_sample(monkeypatch):
+    calls = []
+
+    def compile_and_memory(fn, *args):
+        def compiled(*args):
+            calls.append(1)
+            return fn(*args)
+
+        return compiled, 0.0, 0
+
+    monkeypatch.setattr(_timing, "compile_and_memory", compile_and_memory)
+    monkeypatch.setattr(_timing.jax, "default_backend", lambda: "gpu")
+    res = compare({"f": lambda x: x}, (np.ones(3),), reps=3, warmup=1)
+    assert res["f"].calls_per_sample == _timing.ACCELERATOR_CALLS
+    assert len(calls) == 1 + 3 * _timing.ACCELERATOR_CALLS
+    assert _timing.torch_cpu_mismatch() == "PyTorch rows run on the CPU; JAX ran on gpu"
+    monkeypatch.setattr(_timing.jax, "default_backend", lambda: "cpu")
+    assert _timing.calls_per_sample() == 1 and _timing.torch_cpu_mismatch() is None
+
+
+def test_fusion_suite_counts_entry_kernels_and_loop_bodies():
+    from jsoftmax.bench import fusion
+
+    def loop(x):
+        return jax.lax.fori_loop(0, 3, lambda i, c: jnp.sin(c) @ c, x)
+
+    text = jax.jit(loop).lower(jnp.ones((4, 4))).compile().as_text()
+    (label,) = [k for k in fusion.entry_kernels(text) if k.startswith("while[")]
+    assert "dot" in label or "custom-call" in label or "fusion" in label
+    with pytest.raises(ValueError, match="no ENTRY computation"):
+        fusion.entry_kernels("HloModule m\n")
+    rows = fusion.run(quick=True)
+    assert {r["op"] for r in rows} >= {
+        "softmax value_and_grad",
+        "cross_entropy value_and_grad(mean loss)",
+    }
+    for r in rows:
+        assert r["jsoftmax_kernels"] == len(r["jsoftmax_list"]) > 0
+        assert r["baseline_kernels"] == len(r["baseline_list"]) > 0
+    assert "kernels (jsoftmax; baseline)" in bench.text_table(rows)

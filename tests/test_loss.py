@@ -803,6 +803,50 @@ def test_half_precision_is_computed_in_float32(dtype, kind):
     np.testing.assert_array_equal(grad, grad32.astype(dtype))  # one rounding, at the end
 
 
+HALF_OPTIONS = {
+    "ignore_index": {"ignore_index": 2},
+    "weight": {"weight": jnp.array(WEIGHT), "label_smoothing": 0.2},
+    "class_mask": {"where": jnp.broadcast_to(jnp.arange(C) != 3, (N, C)), "label_smoothing": 0.1},
+    "z_loss": {"z_loss": 0.1, "reduction": "sum"},
+}
+
+
+@pytest.mark.parametrize("label_dtype", [jnp.int32, jnp.uint8, jnp.int8])
+@pytest.mark.parametrize("name", list(HALF_OPTIONS))
+def test_half_precision_integer_gradient_rounds_once_with_every_option(name, label_dtype):
+    # the half-precision backward folds the one-hot part into its elementwise pass (no scatter)
+    z = rand((N, C), 31, dtype=jnp.bfloat16)
+    labels = (jnp.arange(N) % C).astype(label_dtype)
+    f = jax.jit(jax.grad(lambda z: jsoftmax.cross_entropy(z, labels, **HALF_OPTIONS[name])))
+    grad, grad32 = f(z), f(z.astype(jnp.float32))
+    assert grad.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(grad, grad32.astype(jnp.bfloat16))
+    if name == "ignore_index":
+        np.testing.assert_array_equal(grad[labels == 2], 0)
+
+
+def test_half_precision_out_of_range_label_under_jit_gives_a_nan_row():
+    z = rand((N, C), 32, dtype=jnp.bfloat16)
+    labels = (jnp.arange(N) % C).at[1].set(C + 5).at[4].set(-3)
+    grad = jax.jit(jax.grad(lambda z, y: jsoftmax.cross_entropy(z, y, reduction="sum")))(z, labels)
+    bad = np.zeros(N, bool)
+    bad[[1, 4]] = True
+    assert np.isnan(np.asarray(grad[bad], np.float32)).all()
+    assert np.isfinite(np.asarray(grad[~bad], np.float32)).all()
+
+
+def test_half_precision_backward_keeps_no_float32_logits_buffer():
+    # the gradient of bfloat16 logits is formed and rounded in one pass, with no float32 copy
+    # of it: compiled temp memory is at most one float32 copy of the logits (XLA's CPU backend
+    # keeps the upcast logits of the forward pass; the scatter version held a second copy)
+    n, c = 512, 4096
+    z = jax.ShapeDtypeStruct((n, c), jnp.bfloat16)
+    y = jax.ShapeDtypeStruct((n,), jnp.int32)
+    grad = jax.jit(jax.grad(lambda z, y: jsoftmax.cross_entropy(z, y)))
+    temp = grad.lower(z, y).compile().memory_analysis().temp_size_in_bytes
+    assert temp <= n * c * 4 + 2**16
+
+
 ALL_OUT = {
     "ignored": lambda z: ce(z, jnp.full(N, -100), ignore_index=-100),
     "examples": lambda z: ce(

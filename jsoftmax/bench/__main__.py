@@ -58,6 +58,12 @@ def _sparse(quick: bool, dtype: str) -> list[dict]:  # its PyTorch rows: float32
     return sparse.run(quick=quick, dtype=dtype)
 
 
+def _fusion(quick: bool, dtype: str) -> list[dict]:  # compiled only, never run
+    from jsoftmax.bench import fusion
+
+    return fusion.run(quick=quick, dtype=dtype)
+
+
 def _torch(quick: bool, dtype: str) -> list[dict]:  # float32 only
     from jsoftmax.bench import core
 
@@ -72,6 +78,7 @@ SUITES: dict[str, Callable[[bool, str], list[dict]]] = {
     "linear_xent": _linear_xent,
     "train_step": _train_step,
     "sparse": _sparse,
+    "fusion": _fusion,
     "torch": _torch,
 }
 
@@ -109,6 +116,7 @@ COLUMNS = {
         "copy measured on",
     ),
     "torch": ("torch (ms)", "torch version"),
+    "fusion": ("jsoftmax kernels", "baseline kernels", "kernels (jsoftmax; baseline)"),
     "skipped": ("skipped because",),
     "other": ("figures (JSON)",),
 }
@@ -120,7 +128,7 @@ def _kind(row: dict) -> str:
         return "skipped"
     if "ratio" in row:
         return "comparison"
-    return row["suite"] if row["suite"] in ("bandwidth", "torch") else "other"
+    return row["suite"] if row["suite"] in ("bandwidth", "torch", "fusion") else "other"
 
 
 def _num(value, fmt: str = ".3f") -> str:
@@ -156,6 +164,10 @@ def _figures(row: dict) -> tuple[str, ...]:
         )
     if kind == "torch":
         return (_num(row["torch_ms"]), row["torch_version"])
+    if kind == "fusion":
+        listed = f"{', '.join(row['jsoftmax_list'])}; {', '.join(row['baseline_list'])}"
+        base = f"{row['baseline_kernels']} ({row['baseline']})"
+        return (str(row["jsoftmax_kernels"]), base, listed)
     if kind == "skipped":
         return (row["skipped"],)
     return (json.dumps({k: v for k, v in row.items() if k not in ("suite", "op", "shape")}),)
@@ -196,6 +208,13 @@ def markdown(rows: list[dict], env: dict, quick: bool = False) -> str:
         "after warm-up, each call synchronised with `block_until_ready()`; ratio = jsoftmax / "
         "baseline (below 1 is faster); temp = compiled temp memory from `memory_analysis()`.",
     ]
+    if env["backend"] != "cpu":
+        from jsoftmax.bench._timing import ACCELERATOR_CALLS
+
+        lines[0] += (
+            f" On {env['backend']} each timed sample is the mean of {ACCELERATOR_CALLS} "
+            "back-to-back calls synchronised once (one call would time Python's dispatch)."
+        )
     if quick:
         lines.append(
             "\n**Quick run** (`--quick`: tiny shapes, a smoke test): not comparable with the "
@@ -268,18 +287,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown suites {unknown}; choose from {list(SUITES)}")
     env = environment()
     print(f"jax {env['jax']} on {env['backend']}: {jax.devices()}", flush=True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / (f"results-{env['backend']}-{args.dtype}" + ("-quick" if args.quick else ""))
     rows: list[dict] = []
     for suite in suites:
         print(f"\n== {suite}", flush=True)
         suite_rows = SUITES[suite](args.quick, args.dtype)
         print(text_table(suite_rows), flush=True)
         rows += suite_rows
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / (f"results-{env['backend']}-{args.dtype}" + ("-quick" if args.quick else ""))
-    result = {"environment": env, "quick": args.quick, "rows": rows}
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    stem.with_suffix(".md").write_text(markdown(rows, env, args.quick))
+        # written after every suite, so a run stopped part-way keeps the suites it finished
+        result = {"environment": env, "quick": args.quick, "suites": suites, "rows": rows}
+        stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        stem.with_suffix(".md").write_text(markdown(rows, env, args.quick))
     png = ", .png" if chart(rows, stem.with_suffix(".png"), args.quick) else ""
     print(f"\nwrote {stem}.json, .md{png}")
     return 0

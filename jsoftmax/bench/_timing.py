@@ -30,6 +30,21 @@ class Measurement:
     compile_s: float | None
     temp_bytes: int | None
     reps: int
+    calls_per_sample: int = 1
+
+
+def calls_per_sample() -> int:
+    """Back-to-back calls in one timed sample: 1 on the CPU, ``ACCELERATOR_CALLS`` elsewhere.
+
+    On the CPU a call runs to completion before it returns, so one call is one sample. On a GPU
+    or TPU a call only enqueues work: a kernel of microseconds would be timed as Python's
+    dispatch and one synchronisation. There each sample enqueues ``ACCELERATOR_CALLS`` calls,
+    synchronises once on the last, and is divided by the count.
+    """
+    return 1 if jax.default_backend() == "cpu" else ACCELERATOR_CALLS
+
+
+ACCELERATOR_CALLS = 10
 
 
 def compile_and_memory(fn: Callable, *args) -> tuple[Callable, float, int]:
@@ -55,12 +70,16 @@ def compare(
     reps: int = 30,
     warmup: int = 3,
     min_time_s: float = 0.0,
+    calls: int | None = None,
 ) -> dict[str, Measurement]:
-    """Time several functions of the same ``args`` interleaved; medians of ``reps`` calls each.
+    """Time several functions of the same ``args`` interleaved; medians of ``reps`` samples each.
 
     ``args`` are ``device_put`` once. If ``min_time_s`` is set, repetitions continue (still
-    interleaved) until each function has run for at least that long in total.
+    interleaved) until each function has run for at least that long in total. A sample is the
+    mean time of ``calls`` back-to-back calls synchronised once (default
+    :func:`calls_per_sample`: 1 on the CPU).
     """
+    calls = calls or calls_per_sample()
     args = jax.device_put(tuple(args))
     compiled = {}
     for name, fn in fns.items():
@@ -72,13 +91,15 @@ def compare(
     while True:
         for name, (c, _, _) in compiled.items():
             t0 = time.perf_counter()
+            for _ in range(calls - 1):
+                c(*args)  # enqueued; the stream runs them in order before the last one
             jax.block_until_ready(c(*args))
-            times[name].append(time.perf_counter() - t0)
+            times[name].append((time.perf_counter() - t0) / calls)
         done = all(len(t) >= reps for t in times.values())
-        if done and all(sum(t) >= min_time_s for t in times.values()):
+        if done and all(sum(t) * calls >= min_time_s for t in times.values()):
             break
     return {
-        name: Measurement(name, float(np.median(times[name])), cs, temp, len(times[name]))
+        name: Measurement(name, float(np.median(times[name])), cs, temp, len(times[name]), calls)
         for name, (_, cs, temp) in compiled.items()
     }
 
@@ -124,6 +145,7 @@ def comparison_row(
         baseline_temp_bytes=base.temp_bytes,
         compile_s={"jsoftmax": ours.compile_s, "baseline": base.compile_s},
         reps=ours.reps,
+        calls_per_sample=ours.calls_per_sample,
         **extra,
     )
 
@@ -143,6 +165,15 @@ def compare_row(
     """Time ``ours`` and ``base`` of ``args`` interleaved (:func:`compare`); their comparison."""
     res = compare({"jsoftmax": ours, "baseline": base}, args, reps=reps)
     return comparison_row(suite, op, shape, dtype, res["jsoftmax"], res["baseline"], baseline)
+
+
+def torch_cpu_mismatch() -> str | None:
+    """Why the PyTorch rows (which run on the CPU) are skipped, or ``None`` when JAX is on it too.
+
+    A PyTorch CPU time beside a JAX GPU time compares two machines, not two implementations.
+    """
+    backend = jax.default_backend()
+    return None if backend == "cpu" else f"PyTorch rows run on the CPU; JAX ran on {backend}"
 
 
 def skipped_row(suite: str, op: str, shape, dtype: str, reason: str) -> dict:

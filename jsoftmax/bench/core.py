@@ -6,7 +6,13 @@ import jax
 import jax.numpy as jnp
 
 import jsoftmax
-from jsoftmax.bench._timing import compare, compare_row, result_row, skipped_row
+from jsoftmax.bench._timing import (
+    compare,
+    compare_row,
+    result_row,
+    skipped_row,
+    torch_cpu_mismatch,
+)
 
 SHAPES = [(4096, 1024), (256, 32768), (32, 262144)]
 QUICK_SHAPES = [(64, 128), (8, 1024)]
@@ -122,8 +128,11 @@ def _torch_row(op: str, shape, step, reps: int) -> dict:
 def run_torch(quick: bool = False, reps: int = 30) -> list[dict]:
     """The same operations in PyTorch on the CPU, if it is installed (an optional column).
 
-    Without PyTorch the suite returns one row saying so (``skipped: "torch not installed"``).
+    Without PyTorch the suite returns one row saying so (``skipped: "torch not installed"``),
+    and likewise when JAX runs on an accelerator (``_timing.torch_cpu_mismatch``).
     """
+    if reason := torch_cpu_mismatch():
+        return [skipped_row("torch", "every PyTorch row", "", "float32", reason)]
     try:
         import torch
     except ImportError:

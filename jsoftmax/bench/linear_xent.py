@@ -37,6 +37,7 @@ from jsoftmax.bench._timing import (
     comparison_row,
     memory_only,
     skipped_row,
+    torch_cpu_mismatch,
 )
 
 __all__ = ["run"]
@@ -47,6 +48,11 @@ FULL = {"n": 8192, "d": 1024, "v": 65536, "reps": 2, "warmup": 1}
 QUICK = {"n": 256, "d": 64, "v": 2048, "reps": 5, "warmup": 1}
 CURVE_FULL = [4096 * 2**k for k in range(7)]  # 4096 … 262144
 CURVE_QUICK = [1024, 4096]
+#: Token blocks of the gradients-in-forward path timed against the naive version on an
+#: accelerator (on 2 CPU cores each call takes ~20 s; the CPU sweep is recorded in
+#: ``jsoftmax._linear_xent``), and in a quick run anywhere.
+SWEEP_FULL = [256, 512, 1024, 2048, 4096]
+SWEEP_QUICK = [32, 64]
 
 
 def _inputs(n: int, d: int, v: int, dtype=jnp.float32):
@@ -147,6 +153,23 @@ def _timing_row(cfg) -> tuple[list[dict], Measurement]:
     return rows, js
 
 
+def _sweep_rows(cfg, blocks: list[int]) -> list[dict]:
+    """``value_and_grad`` with each token block ``tn`` (``chunk_size=(tn, None)``) vs naive."""
+    n, d, v = cfg["n"], cfg["d"], cfg["v"]
+
+    def block(tn):
+        def f(x, w, y):
+            loss = lambda x, w, y: linear_cross_entropy(x, w, y, chunk_size=(tn, None))  # noqa: E731
+            return jax.value_and_grad(loss, argnums=(0, 1))(x, w, y)
+
+        return f
+
+    fns = {"naive": _naive, **{f"tn={tn}": block(tn) for tn in blocks}}
+    res = compare(fns, _inputs(n, d, v), reps=cfg["reps"], warmup=cfg["warmup"])
+    op = "value_and_grad(x, w) mean loss, token block"
+    return [_versus_naive(f"{op} {tn}", n, d, v, res[f"tn={tn}"], res["naive"]) for tn in blocks]
+
+
 def _memory_rows(n: int, d: int, vs: list[int]) -> list[dict]:
     op = "temp memory of value_and_grad(x, w) (compiled, not run)"
     rows = []
@@ -201,6 +224,8 @@ def _torch_row(cfg, js: Measurement) -> dict:
     """PyTorch's chunked loss against the jsoftmax time ``js``, or a row saying why not."""
     n, d, v = cfg["n"], cfg["d"], cfg["v"]
     op = "forward+backward (x, w) mean loss"
+    if reason := torch_cpu_mismatch():
+        return skipped_row(SUITE, op, _shape(n, d, v), "float32", reason)
     python = _torch_python()
     if python is None:
         reason = "torch not installed (here or at $JSOFTMAX_TORCH_PYTHON)"
@@ -224,6 +249,8 @@ def run(quick: bool = False) -> list[dict]:
     """Run the suite; ``quick`` uses tiny shapes (seconds) instead of the full ones."""
     cfg = QUICK if quick else FULL
     timing, js = _timing_row(cfg)
+    if quick or jax.default_backend() != "cpu":
+        timing += _sweep_rows(cfg, SWEEP_QUICK if quick else SWEEP_FULL)
     memory = _memory_rows(cfg["n"], cfg["d"], CURVE_QUICK if quick else CURVE_FULL)
     # the PyTorch row last: where it is skipped, the others stay in one table
     return [*timing, *memory, _torch_row(cfg, js)]

@@ -54,7 +54,13 @@ import jax.numpy as jnp
 import optax
 
 import jsoftmax
-from jsoftmax.bench._timing import Measurement, compare, comparison_row, skipped_row
+from jsoftmax.bench._timing import (
+    Measurement,
+    compare,
+    comparison_row,
+    skipped_row,
+    torch_cpu_mismatch,
+)
 from jsoftmax.bench.core import _normals, _weighted_sum_grad
 
 __all__ = ["run"]
@@ -255,6 +261,8 @@ def torch_rows(shapes, dtype: str, reps: int | None, against: dict) -> list[dict
     where = (SUITE, "every PyTorch entmax row", "", dtype)
     if dtype != "float32":
         return [skipped_row(*where, f"the PyTorch entmax rows are float32 only, not {dtype}")]
+    if reason := torch_cpu_mismatch():
+        return [skipped_row(*where, reason)]
     python = _torch_python()
     if python is None:
         reason = "torch or entmax not installed (here or at $JSOFTMAX_TORCH_PYTHON)"

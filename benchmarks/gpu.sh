@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU run behind BENCHMARKS.md's "GPU" section: float32 then bfloat16, each suite's rows
+# written as soon as it finishes (a run stopped by its time limit keeps the finished suites),
+# then the optimised HLO of softmax's value_and_grad (jsoftmax and jax.nn) for reading.
+# Uses the machine's own python3 with jax[cuda]; jsoftmax from this checkout, not installed.
+# Usage: benchmarks/gpu.sh OUT_DIR [F32_SECONDS] [BF16_SECONDS]
+set -uo pipefail
+out=${1:?output folder}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
+python3 -c "import jax, optax; print('jax', jax.__version__, 'optax', optax.__version__, jax.devices())"
+suites=fusion,core,bandwidth,losses,linear_xent,sparse,train_step
+timeout "${2:-300}" python3 -m jsoftmax bench --suites "$suites" --out "$out/f32"
+timeout "${3:-180}" python3 -m jsoftmax bench --dtype bfloat16 \
+  --suites fusion,core,bandwidth,losses,sparse --out "$out/bf16"
+timeout 60 python3 - "$out/hlo.txt" <<'PY'
+import sys
+import jax
+import jax.numpy as jnp
+import jsoftmax
+from jsoftmax.bench.core import _weighted_sum_grad
+x = jax.ShapeDtypeStruct((4096, 1024), jnp.float32)
+with open(sys.argv[1], "w") as f:
+    for name, fn in [("jsoftmax.softmax", jsoftmax.softmax), ("jax.nn.softmax", jax.nn.softmax)]:
+        c = jax.jit(_weighted_sum_grad(fn)).lower(x, x).compile()
+        f.write(f"==== {name} value_and_grad 4096x1024 float32\n{c.as_text()}\n")
+PY
