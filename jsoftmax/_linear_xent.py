@@ -67,6 +67,11 @@ _AUTO_VOCAB_CHUNK = 2048
 # N = 8192, D = 1024, V = 65536 in float32 on 2 CPU cores (value_and_grad, one run each on a
 # quiet machine): 64 tokens 26.1 s, 128 tokens 21.4 s, 256 tokens 20.6 s, 512 tokens 19.4 s
 # with 388 MiB of compiled temp memory (9 % of the naive version's 4096 MiB). 256 MiB gives 512.
+# After the gather and transpose changes in _fused_value_and_grads (one interleaved run): 384
+# tokens 19.6 s (355 MiB), 448 tokens 18.7 s (372 MiB), 512 tokens 17.6 s (388 MiB), against
+# 22.7 s naive; before them, 1024 tokens gave 0.80× naive but 520 MiB (12.7 %). The temp memory
+# is one [tn, V] block (XLA reuses it for the logits, their exponentials and the gradient) and
+# the [D, V] product x_blkᵀ z̄ before it is added to w̄.
 _FUSED_BLOCK_BYTES = 256 << 20
 
 
@@ -184,11 +189,14 @@ def linear_cross_entropy(
       ``custom_vjp`` forward rule walks blocks of ``tn`` tokens, forms each block's logits over
       the whole vocabulary once, and computes the loss, ``dx``, ``dw`` and ``dbias`` for a unit
       cotangent; it saves only those gradients and the backward pass scales them. Three
-      ``[N, D] × [D, V]``-sized matmuls in all. Memory: the ``[tn, V]`` logits and their
-      gradient (``tn`` from a 256 MiB budget and at most ``N / 8``: 512 tokens at
-      ``V = 65536`` in float32; or the token part of ``chunk_size``), plus ``dx`` and ``dw``
-      held from the forward to the backward pass (388 MiB of compiled temp memory at
-      ``N = 8192, D = 1024, V = 65536``, 9 % of ``x @ w`` + cross-entropy's 4096 MiB).
+      ``[N, D] × [D, V]``-sized matmuls in all. Memory: one ``[tn, V]`` block (the logits,
+      then their gradient, in one buffer; ``tn`` from a 256 MiB budget for the logits and
+      their gradient and at most ``N / 8``: 512 tokens at ``V = 65536`` in float32; or the
+      token part of ``chunk_size``), each block's ``[D, V]`` product before it is added to
+      ``dw``, and ``dx`` and ``dw`` held from the forward to the backward pass (388 MiB of
+      compiled temp memory at ``N = 8192, D = 1024, V = 65536``, 9 % of ``x @ w`` +
+      cross-entropy's 4096 MiB). On a GPU larger token blocks run faster (see
+      ``BENCHMARKS.md``); the automatic block is the same on every backend.
     * **recompute** (``reduction="none"``, whose per-token cotangents are only known in the
       backward pass, or ``gradients_in_forward=False``): the forward rule saves ``x``, ``w``,
       ``bias``, ``labels`` and two numbers per token (the shift and the log-sum) and the mean's

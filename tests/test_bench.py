@@ -314,3 +314,21 @@ def test_fusion_suite_counts_entry_kernels_and_loop_bodies():
         assert r["jsoftmax_kernels"] == len(r["jsoftmax_list"]) > 0
         assert r["baseline_kernels"] == len(r["baseline_list"]) > 0
     assert "kernels (jsoftmax; baseline)" in bench.text_table(rows)
+
+
+def test_alternated_processes_say_why_when_skipped(monkeypatch):
+    monkeypatch.setattr(linear_xent, "_torch_python", lambda: None)
+    (row,) = linear_xent.alternate(quick=True)
+    assert "torch not installed" in row["skipped"] and "alternated" in row["op"]
+    monkeypatch.setattr(_timing.jax, "default_backend", lambda: "gpu")
+    (row,) = linear_xent.alternate(quick=True)
+    assert "PyTorch rows run on the CPU" in row["skipped"]
+
+
+@pytest.mark.skipif(linear_xent._torch_python() is None, reason="needs PyTorch (an oracle only)")
+def test_alternated_processes_report_time_and_peak_memory_of_both():
+    (row,) = linear_xent.alternate(quick=True, rounds=1)
+    assert "skipped" not in row, row
+    assert row["ratio"] == pytest.approx(row["jsoftmax_ms"] / row["baseline_ms"])
+    assert row["jsoftmax_rss_growth_mib"] >= 0 and row["torch_rss_growth_mib"] >= 0
+    assert "threads" in row["baseline"] and row["round"] == 1

@@ -46,6 +46,12 @@ def _linear_xent(quick: bool, dtype: str) -> list[dict]:  # float32 only
     return linear_xent.run(quick=quick)
 
 
+def _linear_xent_processes(quick: bool, dtype: str) -> list[dict]:  # float32, CPU only
+    from jsoftmax.bench import linear_xent
+
+    return linear_xent.alternate(quick=quick)
+
+
 def _train_step(quick: bool, dtype: str) -> list[dict]:  # float32 only
     from jsoftmax.bench import train_step
 
@@ -76,6 +82,7 @@ SUITES: dict[str, Callable[[bool, str], list[dict]]] = {
     "bandwidth": _bandwidth,
     "losses": _losses,
     "linear_xent": _linear_xent,
+    "linear_xent_processes": _linear_xent_processes,
     "train_step": _train_step,
     "sparse": _sparse,
     "fusion": _fusion,

@@ -12,8 +12,14 @@ Three parts, all for ``jax.value_and_grad`` of the mean loss with respect to ``x
    its chunked path (``options=LinearCrossEntropyOptions()``), in a subprocess on the same
    inputs' shapes, reported against the jsoftmax time from part 1; without PyTorch, a row
    that says why it was skipped.
+4. :func:`alternate` (suite ``linear_xent_processes``): jsoftmax and PyTorch's chunked path
+   each in a fresh process, alternated (jsoftmax, PyTorch, jsoftmax, PyTorch, ...), with the
+   same thread count, so neither side runs after the other has warmed or loaded the machine;
+   each process reports its median time and its peak RSS growth over the warm-up and timed
+   calls (the peak ``VmHWM`` reset after the inputs, and for jsoftmax the compilation; Linux).
 
-Run ``python -m jsoftmax.bench.linear_xent [--quick]``; it prints one JSON row per figure.
+Run ``python -m jsoftmax.bench.linear_xent [--quick] [--alternate]``; it prints one JSON row per
+figure.
 """
 
 from __future__ import annotations
@@ -245,6 +251,112 @@ def _torch_row(cfg, js: Measurement) -> dict:
     return comparison_row(SUITE, op, _shape(n, d, v), "float32", js, torch, baseline)
 
 
+# Peak memory of the timed calls alone: the kernel's high-water mark is reset (writing 5 to
+# /proc/self/clear_refs) after the inputs and the compilation, and the growth is the new peak
+# (VmHWM) over the resident size then (VmRSS). ru_maxrss cannot be reset: it would hide a run
+# whose peak stays under the compiler's.
+_RSS = textwrap.dedent(
+    """
+    def rss_kib(field):
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = rss_kib("VmRSS")
+    """
+)
+
+# One side of the alternated comparison, in a fresh process: prints one JSON object.
+_ALTERNATE_JAX = (
+    textwrap.dedent(
+        """
+    import json, statistics, sys, time
+    import jax
+    from jsoftmax.bench.linear_xent import _chunked, _inputs
+    n, d, v, reps, warmup = (int(a) for a in sys.argv[1:6])
+    args = jax.block_until_ready(_inputs(n, d, v))
+    step = jax.jit(_chunked).lower(*args).compile()
+    """
+    )
+    + _RSS
+    + textwrap.dedent(
+        """
+    for _ in range(warmup):
+        jax.block_until_ready(step(*args))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(step(*args))
+        times.append(time.perf_counter() - t0)
+    growth = rss_kib("VmHWM") - base
+    print(json.dumps({"median_s": statistics.median(times), "rss_growth_kib": growth}))
+    """
+    )
+)
+_ALTERNATE_TORCH = _TORCH_SCRIPT.replace(
+    "for _ in range(warmup):", _RSS + "for _ in range(warmup):", 1
+).replace(
+    '"threads": torch.get_num_threads()}',
+    '"threads": torch.get_num_threads(),\n"rss_growth_kib": rss_kib("VmHWM") - base}',
+)
+
+
+def _one_process(argv: list[str], env: dict) -> dict:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(last)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def alternate(quick: bool = False, rounds: int | None = None) -> list[dict]:
+    """jsoftmax vs PyTorch's chunked loss in alternated fresh processes, one row per round.
+
+    Both sides get the thread count of this machine's CPUs available to this process (XLA's
+    CPU backend uses them all; PyTorch is told with ``torch.set_num_threads``). CPU only.
+    """
+    cfg = QUICK if quick else FULL
+    n, d, v = cfg["n"], cfg["d"], cfg["v"]
+    op = "forward+backward (x, w) mean loss, alternated processes"
+    where = (SUITE, op, _shape(n, d, v), "float32")
+    if reason := torch_cpu_mismatch():
+        return [skipped_row(*where, reason)]
+    python = _torch_python()
+    if python is None:
+        return [skipped_row(*where, "torch not installed (here or at $JSOFTMAX_TORCH_PYTHON)")]
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    sizes = [str(a) for a in (n, d, v, cfg["reps"], cfg["warmup"])]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    torch_script = _ALTERNATE_TORCH.replace(
+        "import torch\n", f"import torch\ntorch.set_num_threads({threads})\n", 1
+    )
+    rows = []
+    for k in range(rounds or (1 if quick else 2)):
+        try:
+            js = _one_process([sys.executable, "-c", _ALTERNATE_JAX, *sizes], env)
+            pt = _one_process([python, "-c", torch_script, *sizes], env)
+        except RuntimeError as err:
+            return [*rows, skipped_row(*where, f"run failed: {err}")]
+        js_mib, pt_mib = js["rss_growth_kib"] / 1024, pt["rss_growth_kib"] / 1024
+        label = (
+            f"torch {pt['torch']} F.linear_cross_entropy chunked ({pt['threads']} threads); "
+            f"peak RSS growth {js_mib:.0f} MiB vs {pt_mib:.0f} MiB"
+        )
+        rows.append(
+            comparison_row(
+                *where,
+                Measurement("jsoftmax", js["median_s"], None, None, cfg["reps"]),
+                Measurement("torch", pt["median_s"], None, None, cfg["reps"]),
+                label,
+                round=k + 1,
+                jsoftmax_rss_growth_mib=js_mib,
+                torch_rss_growth_mib=pt_mib,
+            )
+        )
+    return rows
+
+
 def run(quick: bool = False) -> list[dict]:
     """Run the suite; ``quick`` uses tiny shapes (seconds) instead of the full ones."""
     cfg = QUICK if quick else FULL
@@ -257,5 +369,6 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    for r in run(quick="--quick" in sys.argv[1:]):
+    suite = alternate if "--alternate" in sys.argv[1:] else run
+    for r in suite(quick="--quick" in sys.argv[1:]):
         print(json.dumps(r))
