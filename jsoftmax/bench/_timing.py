@@ -33,6 +33,10 @@ class Measurement:
     calls_per_sample: int = 1
 
 
+#: Back-to-back calls in one timed sample on an accelerator (see :func:`calls_per_sample`).
+ACCELERATOR_CALLS = 10
+
+
 def calls_per_sample() -> int:
     """Back-to-back calls in one timed sample: 1 on the CPU, ``ACCELERATOR_CALLS`` elsewhere.
 
@@ -42,9 +46,6 @@ def calls_per_sample() -> int:
     synchronises once on the last, and is divided by the count.
     """
     return 1 if jax.default_backend() == "cpu" else ACCELERATOR_CALLS
-
-
-ACCELERATOR_CALLS = 10
 
 
 def compile_and_memory(fn: Callable, *args) -> tuple[Callable, float, int]:

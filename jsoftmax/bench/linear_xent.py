@@ -187,15 +187,38 @@ def _memory_rows(n: int, d: int, vs: list[int]) -> list[dict]:
     return rows
 
 
-# Runs in the PyTorch interpreter (which need not have jax): forward + backward of the mean
-# loss with the chunked path, interleaved with the reference path only when asked (it needs
-# N·V memory). Prints one JSON object.
-_TORCH_SCRIPT = textwrap.dedent(
+# Peak memory of the timed calls alone: the kernel's high-water mark is reset (writing 5 to
+# /proc/self/clear_refs) after the inputs and the compilation, and the growth is the new peak
+# (VmHWM) over the resident size then (VmRSS); None where /proc has neither (not Linux).
+# ru_maxrss cannot be reset: it would hide a run whose peak stays under the compiler's.
+_RSS = textwrap.dedent(
     """
+    def rss_kib(field):
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = rss_kib("VmRSS")
+    except OSError:
+        base = None
+    """
+)
+_RSS_GROWTH = 'None if base is None else rss_kib("VmHWM") - base'
+
+# Runs in the PyTorch interpreter (which need not have jax): forward + backward of the mean
+# loss with the chunked path, on as many threads as the last argument says (0: PyTorch's
+# default). Prints one JSON object.
+_TORCH_SCRIPT = (
+    textwrap.dedent(
+        """
     import json, statistics, sys, time
     import torch
     import torch.nn.functional as F
-    n, d, v, reps, warmup = (int(a) for a in sys.argv[1:6])
+    n, d, v, reps, warmup, threads = (int(a) for a in sys.argv[1:7])
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     x = torch.randn(n, d, requires_grad=True)
     w = (torch.randn(v, d) / d ** 0.5).requires_grad_(True)  # torch's weight is [V, D]
@@ -206,6 +229,11 @@ _TORCH_SCRIPT = textwrap.dedent(
         w.grad = None
         loss = F.linear_cross_entropy(x, w, y, options=opts)
         loss.backward()
+    """
+    )
+    + _RSS
+    + textwrap.dedent(
+        f"""
     for _ in range(warmup):
         step()
     times = []
@@ -213,61 +241,14 @@ _TORCH_SCRIPT = textwrap.dedent(
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    print(json.dumps({"median_s": statistics.median(times), "reps": reps,
-                      "torch": torch.__version__, "threads": torch.get_num_threads()}))
+    print(json.dumps({{"median_s": statistics.median(times), "reps": reps,
+                      "torch": torch.__version__, "threads": torch.get_num_threads(),
+                      "rss_growth_kib": {_RSS_GROWTH}}}))
     """
-)
-
-
-def _torch_python() -> str | None:
-    if importlib.util.find_spec("torch") is not None:
-        return sys.executable
-    cand = os.environ.get("JSOFTMAX_TORCH_PYTHON")
-    return cand if cand and os.path.exists(cand) else None
-
-
-def _torch_row(cfg, js: Measurement) -> dict:
-    """PyTorch's chunked loss against the jsoftmax time ``js``, or a row saying why not."""
-    n, d, v = cfg["n"], cfg["d"], cfg["v"]
-    op = "forward+backward (x, w) mean loss"
-    if reason := torch_cpu_mismatch():
-        return skipped_row(SUITE, op, _shape(n, d, v), "float32", reason)
-    python = _torch_python()
-    if python is None:
-        reason = "torch not installed (here or at $JSOFTMAX_TORCH_PYTHON)"
-        return skipped_row(SUITE, op, _shape(n, d, v), "float32", reason)
-    argv = [python, "-c", _TORCH_SCRIPT, *map(str, (n, d, v, cfg["reps"], cfg["warmup"]))]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        print(f"torch benchmark failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
-        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        return skipped_row(SUITE, op, _shape(n, d, v), "float32", f"torch run failed: {last}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    torch = Measurement("torch", out["median_s"], None, None, out["reps"])
-    baseline = (
-        f"torch {out['torch']} F.linear_cross_entropy chunked "
-        f"({out['threads']} threads, run after jsoftmax)"
     )
-    return comparison_row(SUITE, op, _shape(n, d, v), "float32", js, torch, baseline)
-
-
-# Peak memory of the timed calls alone: the kernel's high-water mark is reset (writing 5 to
-# /proc/self/clear_refs) after the inputs and the compilation, and the growth is the new peak
-# (VmHWM) over the resident size then (VmRSS). ru_maxrss cannot be reset: it would hide a run
-# whose peak stays under the compiler's.
-_RSS = textwrap.dedent(
-    """
-    def rss_kib(field):
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = rss_kib("VmRSS")
-    """
 )
 
-# One side of the alternated comparison, in a fresh process: prints one JSON object.
+# The jsoftmax side of the alternated comparison, in a fresh process: one JSON object.
 _ALTERNATE_JAX = (
     textwrap.dedent(
         """
@@ -281,7 +262,7 @@ _ALTERNATE_JAX = (
     )
     + _RSS
     + textwrap.dedent(
-        """
+        f"""
     for _ in range(warmup):
         jax.block_until_ready(step(*args))
     times = []
@@ -289,32 +270,57 @@ _ALTERNATE_JAX = (
         t0 = time.perf_counter()
         jax.block_until_ready(step(*args))
         times.append(time.perf_counter() - t0)
-    growth = rss_kib("VmHWM") - base
-    print(json.dumps({"median_s": statistics.median(times), "rss_growth_kib": growth}))
+    print(json.dumps({{"median_s": statistics.median(times), "rss_growth_kib": {_RSS_GROWTH}}}))
     """
     )
 )
-_ALTERNATE_TORCH = _TORCH_SCRIPT.replace(
-    "for _ in range(warmup):", _RSS + "for _ in range(warmup):", 1
-).replace(
-    '"threads": torch.get_num_threads()}',
-    '"threads": torch.get_num_threads(),\n"rss_growth_kib": rss_kib("VmHWM") - base}',
-)
 
 
-def _one_process(argv: list[str], env: dict) -> dict:
+def _torch_python() -> str | None:
+    if importlib.util.find_spec("torch") is not None:
+        return sys.executable
+    cand = os.environ.get("JSOFTMAX_TORCH_PYTHON")
+    return cand if cand and os.path.exists(cand) else None
+
+
+def _one_process(argv: list[str], env: dict | None = None) -> dict:
+    """Run a benchmark script; its last stdout line as JSON, or RuntimeError with its error."""
     proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        raise RuntimeError(last)
+        print(f"benchmark subprocess failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        raise RuntimeError((proc.stderr.strip().splitlines() or ["no message"])[-1])
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _torch_row(cfg, js: Measurement) -> dict:
+    """PyTorch's chunked loss against the jsoftmax time ``js``, or a row saying why not."""
+    n, d, v = cfg["n"], cfg["d"], cfg["v"]
+    op = "forward+backward (x, w) mean loss"
+    if reason := torch_cpu_mismatch():
+        return skipped_row(SUITE, op, _shape(n, d, v), "float32", reason)
+    python = _torch_python()
+    if python is None:
+        reason = "torch not installed (here or at $JSOFTMAX_TORCH_PYTHON)"
+        return skipped_row(SUITE, op, _shape(n, d, v), "float32", reason)
+    sizes = map(str, (n, d, v, cfg["reps"], cfg["warmup"], 0))
+    try:
+        out = _one_process([python, "-c", _TORCH_SCRIPT, *sizes])
+    except RuntimeError as err:
+        return skipped_row(SUITE, op, _shape(n, d, v), "float32", f"torch run failed: {err}")
+    torch = Measurement("torch", out["median_s"], None, None, out["reps"])
+    baseline = (
+        f"torch {out['torch']} F.linear_cross_entropy chunked "
+        f"({out['threads']} threads, run after jsoftmax)"
+    )
+    return comparison_row(SUITE, op, _shape(n, d, v), "float32", js, torch, baseline)
 
 
 def alternate(quick: bool = False, rounds: int | None = None) -> list[dict]:
     """jsoftmax vs PyTorch's chunked loss in alternated fresh processes, one row per round.
 
     Both sides get the thread count of this machine's CPUs available to this process (XLA's
-    CPU backend uses them all; PyTorch is told with ``torch.set_num_threads``). CPU only.
+    CPU backend uses them all; PyTorch is told with ``torch.set_num_threads``). CPU only; the
+    peak RSS growth is read from Linux's ``/proc`` (``None`` elsewhere).
     """
     cfg = QUICK if quick else FULL
     n, d, v = cfg["n"], cfg["d"], cfg["v"]
@@ -328,21 +334,19 @@ def alternate(quick: bool = False, rounds: int | None = None) -> list[dict]:
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     sizes = [str(a) for a in (n, d, v, cfg["reps"], cfg["warmup"])]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    torch_script = _ALTERNATE_TORCH.replace(
-        "import torch\n", f"import torch\ntorch.set_num_threads({threads})\n", 1
-    )
     rows = []
     for k in range(rounds or (1 if quick else 2)):
         try:
             js = _one_process([sys.executable, "-c", _ALTERNATE_JAX, *sizes], env)
-            pt = _one_process([python, "-c", torch_script, *sizes], env)
+            pt = _one_process([python, "-c", _TORCH_SCRIPT, *sizes, str(threads)], env)
         except RuntimeError as err:
             return [*rows, skipped_row(*where, f"run failed: {err}")]
-        js_mib, pt_mib = js["rss_growth_kib"] / 1024, pt["rss_growth_kib"] / 1024
-        label = (
-            f"torch {pt['torch']} F.linear_cross_entropy chunked ({pt['threads']} threads); "
-            f"peak RSS growth {js_mib:.0f} MiB vs {pt_mib:.0f} MiB"
+        js_mib, pt_mib = (
+            None if r["rss_growth_kib"] is None else r["rss_growth_kib"] / 1024 for r in (js, pt)
         )
+        label = f"torch {pt['torch']} F.linear_cross_entropy chunked ({pt['threads']} threads)"
+        if js_mib is not None and pt_mib is not None:
+            label += f"; peak RSS growth {js_mib:.0f} MiB vs {pt_mib:.0f} MiB"
         rows.append(
             comparison_row(
                 *where,
