@@ -90,7 +90,8 @@ def entry_kernels(hlo_text: str) -> list[str]:
     Returns:
       One label per instruction in program order: the opcode, with the fusion kind for
       fusions (``"fusion:kLoop"``), the target for custom calls, and for a ``while`` loop the
-      labels of its body's instructions in brackets (``"while[dot, fusion:kLoop]"``).
+      labels of its body's instructions in brackets (``"while[dot, fusion:kLoop]"``); a
+      ``call`` (XLA's CPU backend wraps loops in one) stands as the labels of what it calls.
 
     Raises:
       ValueError: if ``hlo_text`` has no ``ENTRY`` computation.
