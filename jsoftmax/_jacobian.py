@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jsoftmax._checks import as_float_array, single_axis
+from jsoftmax._mesh import explicit_sharding, reshard_like
 from jsoftmax._softmax import softmax
 from jsoftmax._sparse import _prepare_alpha, entmax, entmax15, sparsemax, support_weights
 
@@ -17,6 +18,19 @@ __all__ = [
     "softmax_jacobian",
     "sparsemax_jacobian",
 ]
+
+
+def _classes_unsharded(s: jax.Array) -> jax.Array:
+    """``s [..., n]`` with its class axis gathered on an ``Explicit`` mesh (identity elsewhere).
+
+    The ``n × n`` block indexes classes twice, and one mesh axis cannot shard both of its
+    axes: the Jacobian is sharded over the other axes only.
+    """
+    sharding = explicit_sharding(s)
+    if sharding is None:
+        return s
+    spec = tuple(sharding.spec) + (None,) * (s.ndim - len(sharding.spec))
+    return reshard_like(s, s, (*spec[:-1], None))
 
 
 def softmax_jacobian(x: ArrayLike, axis: int = -1) -> jax.Array:
@@ -48,7 +62,7 @@ def softmax_jacobian(x: ArrayLike, axis: int = -1) -> jax.Array:
     """
     x = as_float_array(x, "x", "softmax_jacobian")
     ax = single_axis(axis, x.ndim, "softmax_jacobian")
-    s = jnp.moveaxis(softmax(x, ax), ax, -1)
+    s = _classes_unsharded(jnp.moveaxis(softmax(x, ax), ax, -1))
     # diag(s) − s sᵀ, built by broadcasting rather than by differentiating anything
     eye = jnp.eye(s.shape[-1], dtype=s.dtype).reshape((1,) * (s.ndim - 1) + (s.shape[-1],) * 2)
     return s[..., :, None] * (eye - s[..., None, :])
@@ -81,7 +95,7 @@ def log_softmax_jacobian(x: ArrayLike, axis: int = -1) -> jax.Array:
     """
     x = as_float_array(x, "x", "log_softmax_jacobian")
     ax = single_axis(axis, x.ndim, "log_softmax_jacobian")
-    s = jnp.moveaxis(softmax(x, ax), ax, -1)
+    s = _classes_unsharded(jnp.moveaxis(softmax(x, ax), ax, -1))
     # I − 1 sᵀ: every row is the same shifted copy of −s
     eye = jnp.eye(s.shape[-1], dtype=s.dtype).reshape((1,) * (s.ndim - 1) + (s.shape[-1],) * 2)
     return eye - s[..., None, :]
@@ -124,7 +138,7 @@ def sparsemax_jacobian(x: ArrayLike, axis: int = -1) -> jax.Array:
     """
     x = as_float_array(x, "x", "sparsemax_jacobian")
     ax = single_axis(axis, x.ndim, "sparsemax_jacobian")
-    p = jnp.moveaxis(sparsemax(x, ax), ax, -1)
+    p = _classes_unsharded(jnp.moveaxis(sparsemax(x, ax), ax, -1))
     return _support_jacobian(p, support_weights(p, 0))
 
 
@@ -155,7 +169,7 @@ def entmax15_jacobian(x: ArrayLike, axis: int = -1) -> jax.Array:
     """
     x = as_float_array(x, "x", "entmax15_jacobian")
     ax = single_axis(axis, x.ndim, "entmax15_jacobian")
-    p = jnp.moveaxis(entmax15(x, ax), ax, -1)
+    p = _classes_unsharded(jnp.moveaxis(entmax15(x, ax), ax, -1))
     return _support_jacobian(p, support_weights(p, 0.5))
 
 
@@ -193,5 +207,5 @@ def entmax_jacobian(x: ArrayLike, alpha: float = 1.5, axis: int = -1) -> jax.Arr
     _, static, _ = _prepare_alpha(alpha, x, (ax,), fn)
     if static is None:
         raise TypeError(f"{fn}: alpha must be a Python number >= 1; got {alpha!r}")
-    p = jnp.moveaxis(entmax(x, static, ax), ax, -1)
+    p = _classes_unsharded(jnp.moveaxis(entmax(x, static, ax), ax, -1))
     return _support_jacobian(p, support_weights(p, 2 - static))

@@ -42,6 +42,14 @@ from jsoftmax._checks import (
     check_reduction,
     compute_dtype,
 )
+from jsoftmax._mesh import (
+    batch_ones,
+    explicit_sharding,
+    gather_1d,
+    reshard_like,
+    sharded_where,
+    take_at_label,
+)
 from jsoftmax._softmax import max_shifted
 from jsoftmax._xent_engine import (
     TokenStats,
@@ -198,7 +206,47 @@ def _prepare(
     if ignore_index is not None:
         keep = labels != ignore_index
         ok = keep if ok is None else ok & keep
-    return _Inputs(_to_classes_last(logits, axes), labels, weight, ok, mask, count)
+    return _placed(_Inputs(_to_classes_last(logits, axes), labels, weight, ok, mask, count))
+
+
+def _placed(inp: _Inputs) -> _Inputs:
+    """On an ``Explicit`` mesh, every input sharded like the logits (identity elsewhere).
+
+    Per-example arrays take the sharding of the logits' batch axes, per-class ones that of
+    their class axis, and masks that of the logits on their full-size axes, so that every step
+    between them is local to a device, whatever placement the caller gave the labels or masks.
+    """
+    z = inp.logits
+    spec = _spec_of(z)
+    if spec is None:
+        return inp
+    batch, cls = spec[:-1], spec[-1:]
+
+    def like(a, entries):
+        if a is None:
+            return None
+        # a size-1 (broadcast) axis of a mask is not sharded
+        entries = tuple(e if n != 1 else None for e, n in zip(entries, a.shape, strict=True))
+        return reshard_like(a, z, entries)
+
+    integer = jnp.issubdtype(inp.labels.dtype, jnp.integer)
+    return _Inputs(
+        z,
+        like(inp.labels, batch if integer else spec),
+        like(inp.weight, cls),
+        like(inp.ok, batch),
+        like(inp.mask, spec),
+        like(inp.count, batch),
+    )
+
+
+def _spec_of(x: jax.Array) -> tuple | None:
+    """``x``'s partition spec, one entry per axis, on an ``Explicit`` mesh; else ``None``."""
+    sharding = explicit_sharding(x)
+    if sharding is None:
+        return None
+    spec = tuple(sharding.spec)
+    return spec + (None,) * (x.ndim - len(spec))
 
 
 def _broadcasts(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
@@ -212,16 +260,17 @@ def _safe_labels(labels: jax.Array, n_classes: int, ok: jax.Array | None):
     """``(bad, y)``: which taking-part labels are out of range, and labels safe to index with."""
     out = (labels < 0) | (labels >= n_classes)
     bad = out if ok is None else out & ok
-    return bad, jnp.where(out, 0, labels)
+    return bad, sharded_where(out, 0, labels)
 
 
 def _example_weight(inp: _Inputs, cdt) -> jax.Array:
     """``ω``: the example's weight in the mean's denominator."""
     if jnp.issubdtype(inp.labels.dtype, jnp.integer) and inp.weight is not None:
-        omega = inp.weight[_safe_labels(inp.labels, inp.logits.shape[-1], None)[1]]
+        omega = gather_1d(inp.weight, _safe_labels(inp.labels, inp.logits.shape[-1], None)[1])
     else:
-        omega = jnp.ones(inp.logits.shape[:-1], cdt)
-    return omega if inp.ok is None else jnp.where(inp.ok, omega, 0)
+        # *_like keeps the logits' sharding (a new array would be replicated)
+        omega = batch_ones(inp.logits, cdt)
+    return omega if inp.ok is None else sharded_where(inp.ok, omega, 0)
 
 
 def _per_class(w: jax.Array, ndim: int) -> jax.Array:
@@ -251,7 +300,7 @@ def _smoothing_share(eps: float, ok, count, n_classes: int, shape, cdt):
     """``ε / C_n`` for taking-part examples, 0 otherwise (``C_n``: unmasked classes)."""
     share = eps / (n_classes if count is None else jnp.maximum(count, 1).astype(cdt))
     share = jnp.broadcast_to(jnp.asarray(share, cdt), shape)
-    return share if ok is None else jnp.where(ok, share, 0)
+    return share if ok is None else sharded_where(ok, share, 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,20 +328,20 @@ def _integer_forward(opts: XentOptions, z, labels, weight, ok, mask, count):
     xs, e, m, s = _shift(z, mask)
     log_s = jnp.log(s)  # log 0 = -inf for a row with no finite unmasked logit
     bad, y = _safe_labels(labels, n_classes, ok)
-    omega = jnp.ones(labels.shape, cdt) if weight is None else weight[y]
+    omega = jnp.ones_like(m) if weight is None else gather_1d(weight, y)
     if ok is not None:
-        omega = jnp.where(ok, omega, 0)
+        omega = sharded_where(ok, omega, 0)
     # z_y − m from a gather of one value per example (of the raw logit: a label on a masked
     # class still scores its own logit, as in optax)
-    zy_s = jnp.take_along_axis(z, y[..., None], -1)[..., 0].astype(cdt) - m
+    zy_s = take_at_label(z, y).astype(cdt) - m
     if eps:
         share = _smoothing_share(eps, ok, count, n_classes, labels.shape, cdt)
         w = _per_class(jnp.ones((n_classes,), cdt) if weight is None else weight, z.ndim)
         keep = w != 0 if mask is None else (w != 0) & mask
         # Σ_c w_c (z_c − m) and W = Σ_c w_c over the live classes, where a zero weight or a
         # masked class adds 0 even at -inf
-        wz_s = jnp.sum(jnp.where(keep, w * xs, 0), -1)
-        wtot = jnp.sum(jnp.where(keep, w, 0), -1)
+        wz_s = jnp.sum(sharded_where(keep, w * xs, 0), -1)
+        wtot = jnp.sum(sharded_where(keep, w, 0), -1)
         target = integer_target(omega, zy_s, eps, share, wtot, wz_s)
     else:
         target = integer_target(omega, zy_s, eps)
@@ -333,18 +382,18 @@ def _xent_integer_bwd(opts, res: _IntegerResiduals, g):
         e = res.e_or_z
     else:
         xs = res.e_or_z.astype(cdt) - res.m[..., None]
-        e = jnp.exp(xs if res.mask is None else jnp.where(res.mask, xs, -jnp.inf))
+        e = jnp.exp(xs if res.mask is None else sharded_where(res.mask, xs, -jnp.inf))
     dz = (g * res.r)[..., None] * e
     if res.b is not None:
         # the uniform part b · w_c on unmasked classes
         u = (g * res.b)[..., None]
         u = u if res.weight is None else u * _per_class(res.weight, u.ndim)
-        dz = dz - (u if res.mask is None else jnp.where(res.mask, u, 0))
+        dz = dz - (u if res.mask is None else sharded_where(res.mask, u, 0))
     # The one-hot part a · [c = y]. An index past the end (ignored or out-of-range labels, whose
     # rows are 0 or NaN already) never matches: it is dropped.
     n_classes, labels = dz.shape[-1], res.labels
-    y = jnp.where((labels < 0) | (labels >= n_classes), n_classes, labels)
-    if res.m is None:
+    y = sharded_where((labels < 0) | (labels >= n_classes), n_classes, labels)
+    if res.m is None and explicit_sharding(dz) is None:
         # Same precision: a scatter-add of one value per example into dz, in place, rather
         # than an iota comparison over every logit.
         rows = dz.reshape(-1, n_classes)
@@ -355,8 +404,13 @@ def _xent_integer_bwd(opts, res: _IntegerResiduals, g):
     # dz as a buffer of its own (N·V·4 bytes, and one more pass over it). The comparison with
     # the class index fuses into the one elementwise pass that recomputes e, subtracts the
     # one-hot part in float32 and rounds once to z's dtype.
-    hit = lax.broadcasted_iota(jnp.int32, dz.shape, dz.ndim - 1) == y[..., None].astype(jnp.int32)
-    dz = dz - jnp.where(hit, (g * res.a)[..., None], 0)
+    # (On an Explicit mesh the same comparison serves every precision: it is local to each
+    # device, where the scatter's indices would have to be placed by hand.)
+    iota = lax.broadcasted_iota(
+        jnp.int32, dz.shape, dz.ndim - 1, out_sharding=explicit_sharding(dz)
+    )
+    hit = iota == y[..., None].astype(jnp.int32)
+    dz = dz - sharded_where(hit, (g * res.a)[..., None], 0)
     return dz.astype(res.e_or_z.dtype), None, None, None, None, None
 
 
@@ -391,9 +445,9 @@ def _probability_target(eps: float, labels, weight, ok, mask, count, cdt):
     if weight is not None:
         t = t * _per_class(weight, t.ndim)
     if mask is not None:
-        t = jnp.where(mask, t, 0)
+        t = sharded_where(mask, t, 0)
     if ok is not None:
-        t = jnp.where(ok[..., None], t, 0)
+        t = sharded_where(ok[..., None], t, 0)
     return t
 
 
@@ -403,7 +457,7 @@ def _probability_forward(opts: XentOptions, z, labels, weight, ok, mask, count):
     xs, _, m, s = _shift(z, mask)
     log_s = jnp.log(s)  # log 0 = -inf for a row with no finite unmasked logit
     t = _probability_target(opts.label_smoothing, labels, weight, ok, mask, count, cdt)
-    omega = jnp.ones(labels.shape[:-1], cdt) if ok is None else ok.astype(cdt)
+    omega = jnp.ones_like(m) if ok is None else ok.astype(cdt)
     # Σ_c t_c (z_c − m), with 0 · (−inf) taken as 0 (a -inf logit with no target mass)
     stats = TokenStats(m, log_s, jnp.sum(t, -1), jnp.sum(xmul(t, xs), -1), omega)
     loss, coef = token_loss(stats, opts.z_loss)
@@ -431,18 +485,18 @@ def _xent_probability_bwd(opts, res: _ProbabilityResiduals, g):
     xs = res.z.astype(cdt) - res.m[..., None]
     # masked classes: e = 0 (xs itself stays finite: it also feeds the labels' gradient, whose
     # own derivatives must not meet an infinity)
-    e = jnp.exp(xs if res.mask is None else jnp.where(res.mask, xs, -jnp.inf))
+    e = jnp.exp(xs if res.mask is None else sharded_where(res.mask, xs, -jnp.inf))
     t = _probability_target(
         opts.label_smoothing, res.labels, res.weight, res.ok, res.mask, res.count, cdt
     )
     dz = (g * res.r)[..., None] * e - g[..., None] * t
-    live = jnp.ones(dz.shape, bool) if res.mask is None else res.mask
+    live = jnp.ones_like(dz, dtype=bool) if res.mask is None else res.mask
     if res.ok is not None:
         live = live & res.ok[..., None]
     scale = ((1 - opts.label_smoothing) * g)[..., None]
     scale = scale if res.weight is None else scale * _per_class(res.weight, scale.ndim)
     # lse − z = log s − (z − m)
-    dq = jnp.where(live, scale * (res.log_s[..., None] - xs), 0).astype(res.labels.dtype)
+    dq = sharded_where(live, scale * (res.log_s[..., None] - xs), 0).astype(res.labels.dtype)
     return dz.astype(res.z.dtype), dq, None, None, None, None
 
 
@@ -642,7 +696,7 @@ def nll_loss(
     omega = _example_weight(inp, lp.dtype)
     # an out-of-range label multiplies by NaN, so both the loss and its gradient are NaN
     (scale,) = poison(bad, omega)
-    loss = -xmul(scale, jnp.take_along_axis(lp, y[..., None], -1)[..., 0])
+    loss = -xmul(scale, take_at_label(lp, y))
     return reduce_token_losses(loss, omega, reduction)[0]
 
 

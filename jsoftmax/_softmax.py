@@ -22,6 +22,7 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from jsoftmax._checks import Axis, as_float_array, as_mask, canonical_axes, compute_dtype
+from jsoftmax._mesh import sharded_where
 
 __all__ = ["log_softmax", "logsumexp", "softmax"]
 
@@ -59,7 +60,7 @@ def max_shifted(
     """
     if where is not None:
         # masked entries take part as -inf: probability 0, left out of every sum
-        x = jnp.where(where, x, -jnp.inf)
+        x = sharded_where(where, x, -jnp.inf)
     start = jnp.finfo(x.dtype).min if finite else -jnp.inf
     m = lax.stop_gradient(jnp.max(x, axes, keepdims=True, initial=start))
     return x - m, m  # subtract the max so exp cannot overflow
@@ -122,7 +123,7 @@ def _softmax_impl(x: jax.Array, where: jax.Array | None, axes: tuple[int, ...]) 
     y = e / jnp.sum(e, axes, keepdims=True)
     if where is not None:
         # masked entries (and so a fully masked slice, NaN above) are exactly 0
-        y = jnp.where(where, y, jnp.zeros((), y.dtype))
+        y = sharded_where(where, y, jnp.zeros((), y.dtype))
     return y.astype(x.dtype)
 
 
@@ -203,7 +204,7 @@ def _log_softmax_impl(x: jax.Array, where: jax.Array | None, axes: tuple[int, ..
     out = z - jnp.log(jnp.sum(jnp.exp(z), axes, keepdims=True))
     if where is not None:
         # masked entries (and so a fully masked slice, NaN above) are exactly -inf
-        out = jnp.where(where, out, jnp.array(-jnp.inf, out.dtype))
+        out = sharded_where(where, out, jnp.array(-jnp.inf, out.dtype))
     return out.astype(x.dtype)
 
 
@@ -227,7 +228,7 @@ def _log_softmax_bwd(axes, res, g):
     cdt = compute_dtype(out.dtype)
     g = g.astype(cdt)
     if where is not None:
-        g = jnp.where(where, g, jnp.zeros((), cdt))
+        g = sharded_where(where, g, jnp.zeros((), cdt))
     dx = g - jnp.exp(out.astype(cdt)) * jnp.sum(g, axes, keepdims=True)
     return dx.astype(out.dtype), None
 
@@ -296,7 +297,7 @@ def _logsumexp_impl(x, where, axes):
     """
     if where is not None:
         # masked entries take part as -inf (kept in x's dtype: this is also the residual)
-        x = jnp.where(where, x, jnp.array(-jnp.inf, x.dtype))
+        x = sharded_where(where, x, jnp.array(-jnp.inf, x.dtype))
     xs, m = max_shifted(x.astype(compute_dtype(x.dtype)), axes, finite=True)
     # log 0 = -inf for a slice with no finite entry (its shift is finite, its exps exact 0s)
     log_s = jnp.log(jnp.sum(jnp.exp(xs), axes, keepdims=True))
@@ -310,7 +311,7 @@ def _lse(m, log_s):
     logsumexp is ``+inf``, restored here by a select on the per-slice values (after the
     reductions, where it does not split the fused kernel).
     """
-    return jnp.where(jnp.isposinf(m), m, m + log_s)
+    return sharded_where(jnp.isposinf(m), m, m + log_s)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -331,7 +332,7 @@ def _logsumexp_bwd(axes, res, g):
     # A slice with no finite entry has log_s = -inf and every x − m = -inf; subtracting 0
     # instead keeps its gradient at exactly 0 rather than NaN from -inf − (-inf).
     xm, m, log_s = res
-    log_s = jnp.where(jnp.isneginf(log_s), jnp.zeros_like(log_s), log_s)
+    log_s = sharded_where(jnp.isneginf(log_s), jnp.zeros_like(log_s), log_s)
     dx = g.astype(m.dtype) * jnp.exp((xm.astype(m.dtype) - m) - log_s)
     return dx.astype(xm.dtype), None
 

@@ -38,6 +38,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jsoftmax._mesh import sharded_where
+
 __all__ = [
     "IntegerTarget",
     "TokenStats",
@@ -81,7 +83,7 @@ class IntegerTarget(NamedTuple):
 
 def xmul(coef: jax.Array, x: jax.Array) -> jax.Array:
     """``coef · x``, but 0 wherever ``coef == 0`` even if ``x`` is ±inf (0 · log 0 = 0)."""
-    return jnp.where(coef == 0, jnp.zeros_like(x), coef * x)
+    return sharded_where(coef == 0, jnp.zeros_like(x), coef * x)
 
 
 def integer_target(
@@ -131,7 +133,7 @@ def poison(bad: jax.Array | None, *values: jax.Array):
     """NaN wherever ``bad`` (an out-of-range label under ``jit``): never a finite wrong number."""
     if bad is None:
         return values
-    return tuple(jnp.where(bad, jnp.nan, v) for v in values)
+    return tuple(sharded_where(bad, jnp.nan, v) for v in values)
 
 
 def mean_divisor(omega_sum: jax.Array, contributes: jax.Array) -> jax.Array:
@@ -142,7 +144,7 @@ def mean_divisor(omega_sum: jax.Array, contributes: jax.Array) -> jax.Array:
     to 0 divide by 0 (±inf or NaN, as in PyTorch): never a finite wrong mean.
     """
     nothing = (omega_sum == 0) & ~contributes
-    return jnp.where(nothing, jnp.ones_like(omega_sum), omega_sum)
+    return sharded_where(nothing, jnp.ones_like(omega_sum), omega_sum)
 
 
 def reduce_token_losses(
