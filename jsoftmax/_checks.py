@@ -131,12 +131,28 @@ def as_label_index(labels: jax.Array) -> jax.Array:
 
     Comparing in the labels' own dtype would cast the class count to it, so that 200 classes
     become -56 in int8 and 300 become 44 in uint8, and valid labels would count as out of range.
-    64-bit labels (under x64) stay 64-bit; every narrower or unsigned dtype becomes int32 (a
-    uint32 label of 2**31 or more wraps to a negative index, which is out of range either way).
+    64-bit labels (under x64) stay 64-bit; every narrower or unsigned dtype becomes int32.
+
+    An unsigned label above the signed maximum (a uint32 label of 2**31 or more, a uint64 one of
+    2**63 or more) becomes :data:`OUT_OF_RANGE_LABEL` of the index dtype, its maximum: out of
+    range for every class count below it, and never ``ignore_index`` (which must fit in int32
+    below that value). A plain cast would wrap it, and ``2**32 - 100`` would become an ignored
+    ``-100`` under ``jit`` instead of a NaN loss.
     """
-    if labels.dtype.itemsize == 8:
-        return labels.astype(jnp.int64) if labels.dtype != jnp.int64 else labels
-    return labels.astype(jnp.int32) if labels.dtype != jnp.int32 else labels
+    index = jnp.dtype(jnp.int64 if labels.dtype.itemsize == 8 else jnp.int32)
+    if labels.dtype == index:
+        return labels
+    top = np.iinfo(index).max
+    if jnp.issubdtype(labels.dtype, jnp.unsignedinteger) and np.iinfo(labels.dtype).max > top:
+        # compared in the unsigned dtype itself, where the signed maximum is representable
+        wraps = labels > jnp.asarray(top, labels.dtype)
+        return jnp.where(wraps, jnp.asarray(top, index), labels.astype(index))
+    return labels.astype(index)
+
+
+# The index an unsigned label too large for the signed index dtype is mapped to (see
+# as_label_index): int32's maximum, which ignore_index may therefore not take.
+OUT_OF_RANGE_LABEL = int(np.iinfo(np.int32).max)
 
 
 def check_ignore_index(ignore_index, fn: str) -> int | None:
@@ -146,9 +162,11 @@ def check_ignore_index(ignore_index, fn: str) -> int | None:
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
         raise TypeError(f"{fn}: ignore_index must be an int or None; got {ignore_index!r}")
     info = np.iinfo(np.int32)
-    if not info.min <= int(ignore_index) <= info.max:
+    # the int32 maximum is reserved for unsigned labels too large for int32 (as_label_index)
+    if not info.min <= int(ignore_index) < OUT_OF_RANGE_LABEL:
         raise ValueError(
-            f"{fn}: ignore_index must fit in int32, [{info.min}, {info.max}]; got {ignore_index}"
+            f"{fn}: ignore_index must fit in int32 below its maximum, [{info.min}, "
+            f"{OUT_OF_RANGE_LABEL - 1}]; got {ignore_index}"
         )
     return int(ignore_index)
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jsoftmax._checks import Axis, compute_dtype
+from jsoftmax._mesh import sharded_where
 from jsoftmax._softmax import _log_softmax_impl, _logsumexp_impl, _lse, _prepare, _softmax_impl
 from jsoftmax._sparse import (
     _check_method,
@@ -176,11 +177,12 @@ def _logsumexp_jvp(axes, primals, tangents):
     dx = tangents[0]
     lse = _logsumexp(x, where, axes)
     # ℓ̇ = ⟨ẋ, softmax(x)⟩; softmax through the twin above so higher derivatives use its rule.
-    # -inf entries are masked out of it: they have probability 0 either way, and a slice with
-    # no finite entry then gets the zero gradient the docstring promises instead of the NaN
-    # of an unmasked all -inf softmax. (isneginf, not x > -inf: a NaN entry stays NaN.)
-    live = ~jnp.isneginf(x)
-    s = _softmax(x, live if where is None else live & where, axes)
+    # -inf entries have probability 0 in it; a slice with no finite entry (lse = -inf) has no
+    # distribution, and gets the zero gradient the docstring promises instead of the softmax's
+    # NaN, by a select after the fact (a NaN entry, lse NaN, stays NaN). No mask of the -inf
+    # entries: it would form -inf constants, which jax.debug_infs reports op by op.
+    s = _softmax(x, where, axes)
+    s = sharded_where(lse < jnp.finfo(lse.dtype).min, jnp.zeros((), s.dtype), s)
     cdt = compute_dtype(x.dtype)
     dl = jnp.sum(s.astype(cdt) * dx.astype(cdt), axes, keepdims=True)
     return lse, dl.astype(lse.dtype)

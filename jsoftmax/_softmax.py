@@ -61,7 +61,12 @@ def max_shifted(
     if where is not None:
         # masked entries take part as -inf: probability 0, left out of every sum
         x = sharded_where(where, x, -jnp.inf)
-    start = jnp.finfo(x.dtype).min if finite else -jnp.inf
+    if finite:
+        start = jnp.finfo(x.dtype).min
+    else:
+        # no initial value unless a slice is empty: an initial -inf is a constant inf, which
+        # jax.debug_infs reports as an error when the function runs op by op
+        start = -jnp.inf if any(x.shape[a] == 0 for a in axes) else None
     m = lax.stop_gradient(jnp.max(x, axes, keepdims=True, initial=start))
     return x - m, m  # subtract the max so exp cannot overflow
 
@@ -311,7 +316,8 @@ def _lse(m, log_s):
     logsumexp is ``+inf``, restored here by a select on the per-slice values (after the
     reductions, where it does not split the fused kernel).
     """
-    return sharded_where(jnp.isposinf(m), m, m + log_s)
+    # m > max finite is m == +inf without an inf constant (see max_shifted)
+    return sharded_where(m > jnp.finfo(m.dtype).max, m, m + log_s)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -332,7 +338,8 @@ def _logsumexp_bwd(axes, res, g):
     # A slice with no finite entry has log_s = -inf and every x − m = -inf; subtracting 0
     # instead keeps its gradient at exactly 0 rather than NaN from -inf − (-inf).
     xm, m, log_s = res
-    log_s = sharded_where(jnp.isneginf(log_s), jnp.zeros_like(log_s), log_s)
+    # log_s < lowest finite is log_s == -inf without an inf constant (see max_shifted)
+    log_s = sharded_where(log_s < jnp.finfo(log_s.dtype).min, jnp.zeros_like(log_s), log_s)
     dx = g.astype(m.dtype) * jnp.exp((xm.astype(m.dtype) - m) - log_s)
     return dx.astype(xm.dtype), None
 

@@ -82,8 +82,13 @@ class IntegerTarget(NamedTuple):
 
 
 def xmul(coef: jax.Array, x: jax.Array) -> jax.Array:
-    """``coef · x``, but 0 wherever ``coef == 0`` even if ``x`` is ±inf (0 · log 0 = 0)."""
-    return sharded_where(coef == 0, jnp.zeros_like(x), coef * x)
+    """``coef · x``, but 0 wherever ``coef == 0`` even if ``x`` is ±inf (0 · log 0 = 0).
+
+    ``x`` is replaced by 0 before the product rather than the product after it, so no
+    ``0 · inf = NaN`` is ever formed (``jax.debug_nans`` reports it even when it is selected
+    away).
+    """
+    return coef * sharded_where(coef == 0, jnp.zeros_like(x), x)
 
 
 def integer_target(
@@ -130,10 +135,17 @@ def token_loss(st: TokenStats, z_loss: float) -> tuple[jax.Array, jax.Array]:
 
 
 def poison(bad: jax.Array | None, *values: jax.Array):
-    """NaN wherever ``bad`` (an out-of-range label under ``jit``): never a finite wrong number."""
+    """NaN wherever ``bad`` (an out-of-range label under ``jit``): never a finite wrong number.
+
+    Each value is multiplied by ``1 + sqrt(−bad)``: 1 where the label is fine (the value is
+    unchanged, ±inf included) and NaN where it is not. A product, not a select, so that the
+    gradient of a poisoned value is NaN too (a select would pass a zero gradient to a rule
+    differentiated by autodiff, such as the vocabulary-parallel loss); and the NaN is made only
+    where a label is bad, so ``jax.debug_nans`` stays quiet on valid labels.
+    """
     if bad is None:
         return values
-    return tuple(sharded_where(bad, jnp.nan, v) for v in values)
+    return tuple(v * (1 + jnp.sqrt(-bad.astype(v.dtype))) for v in values)
 
 
 def mean_divisor(omega_sum: jax.Array, contributes: jax.Array) -> jax.Array:
