@@ -97,6 +97,10 @@ class ChunkedXentOptions(NamedTuple):
     # token block of the gradients-in-forward path (see _fused_fwd), or None for the recompute
     # path; only read when the loss is differentiated
     fused_token_chunk: int | None = None
+    # dtype of x, w and bias (after promotion): the gradients-in-forward path holds its saved
+    # gradients in the compute dtype (float32 for half precision) and rounds to this one only
+    # after the cotangent has scaled them; None: the saved gradients' own dtype
+    param_dtype: np.dtype | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,7 +360,9 @@ def prepare_linear_inputs(
         # an explicit token chunk sets the block of either path; the vocabulary is whole here
         explicit = None if chunk_size is None or isinstance(chunk_size, int) else chunk_size[0]
         fused = _fused_token_chunk(n, v // num_shards, compute_dtype(dtype), explicit)
-    opts = ChunkedXentOptions(tn, tv, v, ignore_index, xent, softcap, reduction, axis_name, fused)
+    opts = ChunkedXentOptions(
+        tn, tv, v, ignore_index, xent, softcap, reduction, axis_name, fused, jnp.dtype(dtype)
+    )
     return x.reshape(n, d), w, bias, labels.reshape(n), opts
 
 
@@ -398,6 +404,40 @@ def _block_logits(x_blk, w_blk, b_blk, softcap, cdt):
         return s, None
     t = jnp.tanh(s / softcap)
     return softcap * t, t  # t is kept for the derivative c·tanh'(s/c)/c = 1 − t²
+
+
+def _float16_operand(dz, bound):
+    """``z̄`` rounded to float16 for the gradient matmuls, and the factor that undoes its scaling.
+
+    float16 has 5 exponent bits: ``z̄ = G (coef · p − …)`` below ``2**-24`` (a small
+    probability, or any entry once ``G`` is ``1 / N`` for a large ``N``) rounds to 0 and one
+    above 65504 (``G = 65536`` of loss scaling) to ``inf``. So the block is first multiplied by
+    a power of two ``2**k`` that brings ``bound``, the largest ``|z̄|`` it can hold, into
+    ``[2**14, 2**15)``, and the float32 matmul results are multiplied by ``2**-k``: both
+    products are exact, so the only rounding left is float16's 11-bit significand.
+    ``bound`` is per token; non-finite entries (NaN terms of an out-of-range label, which make
+    their own rows NaN anyway) are left out of the block's maximum.
+    """
+    bound = jnp.max(jnp.where(jnp.isfinite(bound), bound, 0)).astype(jnp.float32)
+    # the binary exponent e of bound = 1.f · 2**e, read from its float32 bits (exact); a zero
+    # bound (all rows masked) reads e = −127 and gets the largest factor, which is harmless
+    e = (lax.bitcast_convert_type(bound, jnp.int32) >> 23 & 0xFF) - 127
+    k = jnp.clip(14 - e, -126, 126)  # 2**±k both normal float32 numbers
+    # 2**k built from its exponent bits, so that it is exactly a power of two
+    up = lax.bitcast_convert_type((k + 127) << 23, jnp.float32)
+    down = lax.bitcast_convert_type((127 - k) << 23, jnp.float32)
+    return (dz * up).astype(jnp.float16), down
+
+
+def _dz_bound(terms: UniformWeightTerms, smooth: bool):
+    """Per token, the largest ``|coef · p − a · onehot − share|`` over ``p ∈ [0, 1]``.
+
+    ``a`` and ``share`` are never negative; with ``coef ≥ 0`` the entry lies in
+    ``[−a − share, coef]``, else ``|coef| + a + share`` bounds it. Soft-capping's ``1 − t²``
+    only shrinks it.
+    """
+    a = terms.a + terms.share if smooth else terms.a
+    return jnp.where(terms.coef >= 0, jnp.maximum(terms.coef, a), jnp.abs(terms.coef) + a)
 
 
 def _vocab_offset(opts: ChunkedXentOptions, v_local: int):
@@ -566,6 +606,7 @@ def _fused_value_and_grads(x, w, bias, labels, opts: ChunkedXentOptions):
     divisor = mean_divisor(omega_sum, omega_sum > 0) if opts.reduction == "mean" else 1
     scale = jnp.asarray(1 / divisor, cdt)
     mm_dtype = x.dtype  # the matmuls take the operands' dtype and accumulate in cdt
+    float16 = x.dtype == jnp.float16  # z̄ is scaled into float16's range (_float16_operand)
 
     def body(i, carry):
         total, dx, dw, db = carry
@@ -615,14 +656,20 @@ def _fused_value_and_grads(x, w, bias, labels, opts: ChunkedXentOptions):
             dz = dz - (g * terms.share)[:, None]
         if t is not None:
             dz = dz * (1 - t * t)  # d/ds [c tanh(s/c)] = 1 − tanh²(s/c)
-        dzm = dz.astype(mm_dtype)
+        if float16:
+            dzm, down = _float16_operand(dz, g * _dz_bound(terms, smooth))
+        else:
+            dzm, down = dz.astype(mm_dtype), None
         dx_blk = lax.dot_general(dzm, w, (((1,), (1,)), ((), ())), preferred_element_type=cdt)
         # w̄ += x_blkᵀ z̄ with the block transposed first, behind a barrier so XLA does not fold
         # the transpose back into the contraction: XLA's CPU backend runs a [D, tn] × [tn, V]
         # product in its fast matmul library, and the one contracting x_blk's leading axis in
         # a slower generic dot (one [1024, 512] × [512, 65536] block: 390 against 450 ms)
         x_t = lax.optimization_barrier(x_blk.T)
-        dw = dw + lax.dot_general(x_t, dzm, (((1,), (0,)), ((), ())), preferred_element_type=cdt)
+        dw_blk = lax.dot_general(x_t, dzm, (((1,), (0,)), ((), ())), preferred_element_type=cdt)
+        if down is not None:  # undo float16's scaling (exact: a power of two)
+            dx_blk, dw_blk = dx_blk * down, dw_blk * down
+        dw = dw + dw_blk
         old = lax.dynamic_slice_in_dim(dx, row0, tn, 0)
         dx = lax.dynamic_update_slice_in_dim(dx, jnp.where(new_rows[:, None], dx_blk, old), row0, 0)
         if db is not None:
@@ -641,8 +688,10 @@ def _fused_value_and_grads(x, w, bias, labels, opts: ChunkedXentOptions):
     if axis is not None:
         dx = lax.psum(dx, axis)  # each shard holds its classes' share of x̄
     out = total / divisor
-    db = None if db is None else db.astype(bias.dtype)
-    return out.astype(cdt), (dx.astype(x.dtype), dw.astype(w.dtype), db)
+    # the gradients stay in the compute dtype (float32 for half precision) until the backward
+    # pass has scaled them: rounded now, a float16 dw would lose what a loss scale of 65536
+    # brings back into range, and overflow where a large "sum" is divided by N afterwards
+    return out.astype(cdt), (dx, dw, db)
 
 
 def _lce_bwd(opts: ChunkedXentOptions, res, g):
@@ -653,9 +702,11 @@ def _lce_bwd(opts: ChunkedXentOptions, res, g):
     #   x̄ += z̄ wᵀ,   w̄ += xᵀ z̄,   b̄ += Σ_n z̄_n
     # and, with the vocabulary sharded, x̄ is summed over the shards.
     if opts.fused_token_chunk is not None:
-        # the gradients were formed in the forward pass for a unit cotangent: scale them
-        g = g.astype(compute_dtype(res[0].dtype))
-        dx, dw, db = (None if a is None else (g * a.astype(g.dtype)).astype(a.dtype) for a in res)
+        # the gradients were formed in the forward pass for a unit cotangent, in the compute
+        # dtype: scale them, then round to the inputs' dtype
+        out_dtype = opts.param_dtype or res[0].dtype
+        g = g.astype(res[0].dtype)
+        dx, dw, db = (None if a is None else (g * a).astype(out_dtype) for a in res)
         return dx, dw, db, None
     x, w, bias, labels, m, log_s, divisor = res
     n, d = x.shape
@@ -673,6 +724,7 @@ def _lce_bwd(opts: ChunkedXentOptions, res, g):
     nt, nv = -(-n // tn), -(-v_loc // tv)
     y_local = labels - _vocab_offset(opts, v_loc)
     mm_dtype = x.dtype  # the backward matmuls take the operands' dtype, accumulate in cdt
+    float16 = x.dtype == jnp.float16  # z̄ is scaled into float16's range (_float16_operand)
 
     def body(k, carry):
         dx, dw, db = carry
@@ -698,9 +750,15 @@ def _lce_bwd(opts: ChunkedXentOptions, res, g):
             dz = dz * (1 - t * t)  # d/ds [c tanh(s/c)] = 1 − tanh²(s/c)
         # columns already handled by the previous vocabulary block contribute nothing again
         dz = jnp.where(new_cols[None, :], dz, 0)
-        dzm = dz.astype(mm_dtype)
+        if float16:
+            bound = _dz_bound(jax.tree.map(lambda a: a[rows], terms), smooth)
+            dzm, down = _float16_operand(dz, jnp.abs(g_blk) * bound)
+        else:
+            dzm, down = dz.astype(mm_dtype), None
         dx_blk = lax.dot_general(dzm, w_blk, (((1,), (1,)), ((), ())), preferred_element_type=cdt)
         dw_blk = lax.dot_general(x_blk, dzm, (((0,), (0,)), ((), ())), preferred_element_type=cdt)
+        if down is not None:  # undo float16's scaling (exact: a power of two)
+            dx_blk, dw_blk = dx_blk * down, dw_blk * down
         dx = lax.dynamic_update_slice_in_dim(
             dx, lax.dynamic_slice_in_dim(dx, row0, tn, 0) + dx_blk, row0, 0
         )
