@@ -340,6 +340,9 @@ def prepare_linear_inputs(
         softcap=softcap,
         reduction=reduction,
     )
+    # labels out of [0, V) are reported at their position in the caller's labels, before the
+    # flattening to [N] below (concrete labels raise; traced ones under label_checks call back)
+    check_labels_in_range(labels, v, ignore_index, fn)
     dtype = jnp.result_type(*arrays)
     # mixed dtypes promote as x @ w + bias would; equal dtypes (the usual case) copy nothing
     x, w = x.astype(dtype), w.astype(dtype)
