@@ -197,10 +197,11 @@ def linear_cross_entropy(
       then their gradient, in one buffer; ``tn`` from a 256 MiB budget for the logits and
       their gradient and at most ``N / 8``: 512 tokens at ``V = 65536`` in float32; or the
       token part of ``chunk_size``), each block's ``[D, V]`` product before it is added to
-      ``dw``, and ``dx`` and ``dw`` held from the forward to the backward pass (388 MiB of
-      compiled temp memory at ``N = 8192, D = 1024, V = 65536``, 9 % of ``x @ w`` +
-      cross-entropy's 4096 MiB). On a GPU larger token blocks run faster (see
-      ``BENCHMARKS.md``); the automatic block is the same on every backend.
+      ``dw``, and ``dx`` and ``dw`` held from the forward to the backward pass (in float32 for
+      half-precision inputs; 388 MiB of compiled temp memory at ``N = 8192, D = 1024,
+      V = 65536``, 9 % of ``x @ w`` + cross-entropy's 4096 MiB). On a GPU larger token
+      blocks run faster (see ``BENCHMARKS.md``); the automatic block is the same on every
+      backend.
     * **recompute** (``reduction="none"``, whose per-token cotangents are only known in the
       backward pass, or ``gradients_in_forward=False``): the forward rule saves ``x``, ``w``,
       ``bias``, ``labels`` and two numbers per token (the shift and the log-sum) and the mean's
@@ -262,7 +263,26 @@ def linear_cross_entropy(
         products) work; forward mode applied directly (``jax.jvp``, ``jax.jacfwd``) does not,
         as for every ``jax.custom_vjp``.
       * float16/bfloat16 ``x``/``w`` run their matmuls with float32 accumulation
-        (``preferred_element_type``) and every other step in float32.
+        (``preferred_element_type``) and every other step in float32; ``dw`` and ``dbias``
+        accumulate in float32 on both paths. The gradients-in-forward path holds ``dx``,
+        ``dw`` and ``dbias`` in float32 until the cotangent has scaled them, so loss scaling
+        (``grad(65536 * loss)``) and a large ``"sum"`` divided by ``N`` afterwards round once,
+        at the end. For float16, ``z̄`` is multiplied by an exact power of two that brings its
+        largest possible entry into ``[2**14, 2**15)`` before it is rounded for the gradient
+        matmuls (and the results by its inverse), so it neither overflows nor flushes to 0.
+      * Gradient accumulation: the gradients-in-forward path hands ``dw`` to the backward
+        pass as a residual, so ``jax.grad`` of a ``lax.scan`` (or a Python loop) over ``T``
+        calls holds ``T`` float32 ``[D, V]`` buffers. Either take ``value_and_grad`` inside the
+        scan body and add the gradients in the carry, or put the step under
+        ``jax.checkpoint`` (its backward pass then runs the forward rule again: one extra
+        logits pass, the recompute path's four matmuls), or pass
+        ``gradients_in_forward=False``. Compiled temp memory (CPU, float32, ``T = 8``,
+        512 tokens a step, ``D = 256``, ``V = 8192``, ``dw`` = 8 MiB): grad of scan 100.6 MiB
+        (164.6 MiB at ``T = 16``: 8 MiB a step), checkpointed 20.6 MiB, ``value_and_grad`` in
+        the body 18.6 MiB; recompute path 22.5, 18.5 and 16.5 MiB. At ``T = 8``, 256 tokens,
+        ``D = 512``, ``V = 16384`` (``dw`` = 32 MiB): 340.6, 68.6 and 66.6 MiB; recompute
+        44.5, 40.5 and 38.5 MiB. A single call under ``value_and_grad``, the usual training
+        step, holds one ``dw`` and is the faster path, so it stays the default.
 
     See also:
       :func:`jsoftmax.cross_entropy`, :func:`jsoftmax.vocab_parallel_linear_cross_entropy`.

@@ -82,6 +82,8 @@ def test_large_sum_divided_by_n_is_finite_issue19(dtype, gif):
     np.testing.assert_allclose(np.asarray(dw, np.float64)[0], [want, -want], rtol=3e-3)
 
 
+# linear_cross_entropy — "The gradients-in-forward path holds ``dx``, ``dw`` and ``dbias`` in
+# float32 until the cotangent has scaled them"
 @pytest.mark.parametrize("dtype", [*HALF, pytest.param(jnp.float32, id="float32")])
 def test_gradients_in_forward_saves_its_gradients_in_float32(dtype):
     # the residuals are dx, dw, dbias in the compute dtype (float32 also for half precision):
@@ -109,6 +111,8 @@ COTANGENTS = [
 ]
 
 
+# linear_cross_entropy — "float16/bfloat16 ``x``/``w`` run their matmuls with float32
+# accumulation ..."; "For float16, ``z̄`` is multiplied by an exact power of two ..."
 @pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize(("cotangent", "reduction"), COTANGENTS)
 @pytest.mark.parametrize("dtype", HALF)
