@@ -97,6 +97,10 @@ class ChunkedXentOptions(NamedTuple):
     # token block of the gradients-in-forward path (see _fused_fwd), or None for the recompute
     # path; only read when the loss is differentiated
     fused_token_chunk: int | None = None
+    # dtype of x, w and bias (after promotion): the gradients-in-forward path holds its saved
+    # gradients in the compute dtype (float32 for half precision) and rounds to this one only
+    # after the cotangent has scaled them; None: the saved gradients' own dtype
+    param_dtype: np.dtype | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,10 +197,11 @@ def linear_cross_entropy(
       then their gradient, in one buffer; ``tn`` from a 256 MiB budget for the logits and
       their gradient and at most ``N / 8``: 512 tokens at ``V = 65536`` in float32; or the
       token part of ``chunk_size``), each block's ``[D, V]`` product before it is added to
-      ``dw``, and ``dx`` and ``dw`` held from the forward to the backward pass (388 MiB of
-      compiled temp memory at ``N = 8192, D = 1024, V = 65536``, 9 % of ``x @ w`` +
-      cross-entropy's 4096 MiB). On a GPU larger token blocks run faster (see
-      ``BENCHMARKS.md``); the automatic block is the same on every backend.
+      ``dw``, and ``dx`` and ``dw`` held from the forward to the backward pass (in float32 for
+      half-precision inputs; 388 MiB of compiled temp memory at ``N = 8192, D = 1024,
+      V = 65536``, 9 % of ``x @ w`` + cross-entropy's 4096 MiB). On a GPU larger token
+      blocks run faster (see ``BENCHMARKS.md``); the automatic block is the same on every
+      backend.
     * **recompute** (``reduction="none"``, whose per-token cotangents are only known in the
       backward pass, or ``gradients_in_forward=False``): the forward rule saves ``x``, ``w``,
       ``bias``, ``labels`` and two numbers per token (the shift and the log-sum) and the mean's
@@ -258,7 +263,26 @@ def linear_cross_entropy(
         products) work; forward mode applied directly (``jax.jvp``, ``jax.jacfwd``) does not,
         as for every ``jax.custom_vjp``.
       * float16/bfloat16 ``x``/``w`` run their matmuls with float32 accumulation
-        (``preferred_element_type``) and every other step in float32.
+        (``preferred_element_type``) and every other step in float32; ``dw`` and ``dbias``
+        accumulate in float32 on both paths. The gradients-in-forward path holds ``dx``,
+        ``dw`` and ``dbias`` in float32 until the cotangent has scaled them, so loss scaling
+        (``grad(65536 * loss)``) and a large ``"sum"`` divided by ``N`` afterwards round once,
+        at the end. For float16, ``z̄`` is multiplied by an exact power of two that brings its
+        largest possible entry into ``[2**14, 2**15)`` before it is rounded for the gradient
+        matmuls (and the results by its inverse), so it neither overflows nor flushes to 0.
+      * Gradient accumulation: the gradients-in-forward path hands ``dw`` to the backward
+        pass as a residual, so ``jax.grad`` of a ``lax.scan`` (or a Python loop) over ``T``
+        calls holds ``T`` float32 ``[D, V]`` buffers. Either take ``value_and_grad`` inside the
+        scan body and add the gradients in the carry, or put the step under
+        ``jax.checkpoint`` (its backward pass then runs the forward rule again: one extra
+        logits pass, the recompute path's four matmuls), or pass
+        ``gradients_in_forward=False``. Compiled temp memory (CPU, float32, ``T = 8``,
+        512 tokens a step, ``D = 256``, ``V = 8192``, ``dw`` = 8 MiB): grad of scan 100.6 MiB
+        (164.6 MiB at ``T = 16``: 8 MiB a step), checkpointed 20.6 MiB, ``value_and_grad`` in
+        the body 18.6 MiB; recompute path 22.5, 18.5 and 16.5 MiB. At ``T = 8``, 256 tokens,
+        ``D = 512``, ``V = 16384`` (``dw`` = 32 MiB): 340.6, 68.6 and 66.6 MiB; recompute
+        44.5, 40.5 and 38.5 MiB. A single call under ``value_and_grad``, the usual training
+        step, holds one ``dw`` and is the faster path, so it stays the default.
 
     See also:
       :func:`jsoftmax.cross_entropy`, :func:`jsoftmax.vocab_parallel_linear_cross_entropy`.
@@ -336,6 +360,9 @@ def prepare_linear_inputs(
         softcap=softcap,
         reduction=reduction,
     )
+    # labels out of [0, V) are reported at their position in the caller's labels, before the
+    # flattening to [N] below (concrete labels raise; traced ones under label_checks call back)
+    check_labels_in_range(labels, v, ignore_index, fn)
     dtype = jnp.result_type(*arrays)
     # mixed dtypes promote as x @ w + bias would; equal dtypes (the usual case) copy nothing
     x, w = x.astype(dtype), w.astype(dtype)
@@ -356,7 +383,9 @@ def prepare_linear_inputs(
         # an explicit token chunk sets the block of either path; the vocabulary is whole here
         explicit = None if chunk_size is None or isinstance(chunk_size, int) else chunk_size[0]
         fused = _fused_token_chunk(n, v // num_shards, compute_dtype(dtype), explicit)
-    opts = ChunkedXentOptions(tn, tv, v, ignore_index, xent, softcap, reduction, axis_name, fused)
+    opts = ChunkedXentOptions(
+        tn, tv, v, ignore_index, xent, softcap, reduction, axis_name, fused, jnp.dtype(dtype)
+    )
     return x.reshape(n, d), w, bias, labels.reshape(n), opts
 
 
@@ -398,6 +427,40 @@ def _block_logits(x_blk, w_blk, b_blk, softcap, cdt):
         return s, None
     t = jnp.tanh(s / softcap)
     return softcap * t, t  # t is kept for the derivative c·tanh'(s/c)/c = 1 − t²
+
+
+def _float16_operand(dz, bound):
+    """``z̄`` rounded to float16 for the gradient matmuls, and the factor that undoes its scaling.
+
+    float16 has 5 exponent bits: ``z̄ = G (coef · p − …)`` below ``2**-24`` (a small
+    probability, or any entry once ``G`` is ``1 / N`` for a large ``N``) rounds to 0 and one
+    above 65504 (``G = 65536`` of loss scaling) to ``inf``. So the block is first multiplied by
+    a power of two ``2**k`` that brings ``bound``, the largest ``|z̄|`` it can hold, into
+    ``[2**14, 2**15)``, and the float32 matmul results are multiplied by ``2**-k``: both
+    products are exact, so the only rounding left is float16's 11-bit significand.
+    ``bound`` is per token; non-finite entries (NaN terms of an out-of-range label, which make
+    their own rows NaN anyway) are left out of the block's maximum.
+    """
+    bound = jnp.max(jnp.where(jnp.isfinite(bound), bound, 0)).astype(jnp.float32)
+    # the binary exponent e of bound = 1.f · 2**e, read from its float32 bits (exact); a zero
+    # bound (all rows masked) reads e = −127 and gets the largest factor, which is harmless
+    e = (lax.bitcast_convert_type(bound, jnp.int32) >> 23 & 0xFF) - 127
+    k = jnp.clip(14 - e, -126, 126)  # 2**±k both normal float32 numbers
+    # 2**k built from its exponent bits, so that it is exactly a power of two
+    up = lax.bitcast_convert_type((k + 127) << 23, jnp.float32)
+    down = lax.bitcast_convert_type((127 - k) << 23, jnp.float32)
+    return (dz * up).astype(jnp.float16), down
+
+
+def _dz_bound(terms: UniformWeightTerms, smooth: bool):
+    """Per token, the largest ``|coef · p − a · onehot − share|`` over ``p ∈ [0, 1]``.
+
+    ``a`` and ``share`` are never negative; with ``coef ≥ 0`` the entry lies in
+    ``[−a − share, coef]``, else ``|coef| + a + share`` bounds it. Soft-capping's ``1 − t²``
+    only shrinks it.
+    """
+    a = terms.a + terms.share if smooth else terms.a
+    return jnp.where(terms.coef >= 0, jnp.maximum(terms.coef, a), jnp.abs(terms.coef) + a)
 
 
 def _vocab_offset(opts: ChunkedXentOptions, v_local: int):
@@ -566,6 +629,7 @@ def _fused_value_and_grads(x, w, bias, labels, opts: ChunkedXentOptions):
     divisor = mean_divisor(omega_sum, omega_sum > 0) if opts.reduction == "mean" else 1
     scale = jnp.asarray(1 / divisor, cdt)
     mm_dtype = x.dtype  # the matmuls take the operands' dtype and accumulate in cdt
+    float16 = x.dtype == jnp.float16  # z̄ is scaled into float16's range (_float16_operand)
 
     def body(i, carry):
         total, dx, dw, db = carry
@@ -615,14 +679,20 @@ def _fused_value_and_grads(x, w, bias, labels, opts: ChunkedXentOptions):
             dz = dz - (g * terms.share)[:, None]
         if t is not None:
             dz = dz * (1 - t * t)  # d/ds [c tanh(s/c)] = 1 − tanh²(s/c)
-        dzm = dz.astype(mm_dtype)
+        if float16:
+            dzm, down = _float16_operand(dz, g * _dz_bound(terms, smooth))
+        else:
+            dzm, down = dz.astype(mm_dtype), None
         dx_blk = lax.dot_general(dzm, w, (((1,), (1,)), ((), ())), preferred_element_type=cdt)
         # w̄ += x_blkᵀ z̄ with the block transposed first, behind a barrier so XLA does not fold
         # the transpose back into the contraction: XLA's CPU backend runs a [D, tn] × [tn, V]
         # product in its fast matmul library, and the one contracting x_blk's leading axis in
         # a slower generic dot (one [1024, 512] × [512, 65536] block: 390 against 450 ms)
         x_t = lax.optimization_barrier(x_blk.T)
-        dw = dw + lax.dot_general(x_t, dzm, (((1,), (0,)), ((), ())), preferred_element_type=cdt)
+        dw_blk = lax.dot_general(x_t, dzm, (((1,), (0,)), ((), ())), preferred_element_type=cdt)
+        if down is not None:  # undo float16's scaling (exact: a power of two)
+            dx_blk, dw_blk = dx_blk * down, dw_blk * down
+        dw = dw + dw_blk
         old = lax.dynamic_slice_in_dim(dx, row0, tn, 0)
         dx = lax.dynamic_update_slice_in_dim(dx, jnp.where(new_rows[:, None], dx_blk, old), row0, 0)
         if db is not None:
@@ -641,8 +711,10 @@ def _fused_value_and_grads(x, w, bias, labels, opts: ChunkedXentOptions):
     if axis is not None:
         dx = lax.psum(dx, axis)  # each shard holds its classes' share of x̄
     out = total / divisor
-    db = None if db is None else db.astype(bias.dtype)
-    return out.astype(cdt), (dx.astype(x.dtype), dw.astype(w.dtype), db)
+    # the gradients stay in the compute dtype (float32 for half precision) until the backward
+    # pass has scaled them: rounded now, a float16 dw would lose what a loss scale of 65536
+    # brings back into range, and overflow where a large "sum" is divided by N afterwards
+    return out.astype(cdt), (dx, dw, db)
 
 
 def _lce_bwd(opts: ChunkedXentOptions, res, g):
@@ -653,9 +725,11 @@ def _lce_bwd(opts: ChunkedXentOptions, res, g):
     #   x̄ += z̄ wᵀ,   w̄ += xᵀ z̄,   b̄ += Σ_n z̄_n
     # and, with the vocabulary sharded, x̄ is summed over the shards.
     if opts.fused_token_chunk is not None:
-        # the gradients were formed in the forward pass for a unit cotangent: scale them
-        g = g.astype(compute_dtype(res[0].dtype))
-        dx, dw, db = (None if a is None else (g * a.astype(g.dtype)).astype(a.dtype) for a in res)
+        # the gradients were formed in the forward pass for a unit cotangent, in the compute
+        # dtype: scale them, then round to the inputs' dtype
+        out_dtype = opts.param_dtype or res[0].dtype
+        g = g.astype(res[0].dtype)
+        dx, dw, db = (None if a is None else (g * a).astype(out_dtype) for a in res)
         return dx, dw, db, None
     x, w, bias, labels, m, log_s, divisor = res
     n, d = x.shape
@@ -673,6 +747,7 @@ def _lce_bwd(opts: ChunkedXentOptions, res, g):
     nt, nv = -(-n // tn), -(-v_loc // tv)
     y_local = labels - _vocab_offset(opts, v_loc)
     mm_dtype = x.dtype  # the backward matmuls take the operands' dtype, accumulate in cdt
+    float16 = x.dtype == jnp.float16  # z̄ is scaled into float16's range (_float16_operand)
 
     def body(k, carry):
         dx, dw, db = carry
@@ -698,9 +773,15 @@ def _lce_bwd(opts: ChunkedXentOptions, res, g):
             dz = dz * (1 - t * t)  # d/ds [c tanh(s/c)] = 1 − tanh²(s/c)
         # columns already handled by the previous vocabulary block contribute nothing again
         dz = jnp.where(new_cols[None, :], dz, 0)
-        dzm = dz.astype(mm_dtype)
+        if float16:
+            bound = _dz_bound(jax.tree.map(lambda a: a[rows], terms), smooth)
+            dzm, down = _float16_operand(dz, jnp.abs(g_blk) * bound)
+        else:
+            dzm, down = dz.astype(mm_dtype), None
         dx_blk = lax.dot_general(dzm, w_blk, (((1,), (1,)), ((), ())), preferred_element_type=cdt)
         dw_blk = lax.dot_general(x_blk, dzm, (((0,), (0,)), ((), ())), preferred_element_type=cdt)
+        if down is not None:  # undo float16's scaling (exact: a power of two)
+            dx_blk, dw_blk = dx_blk * down, dw_blk * down
         dx = lax.dynamic_update_slice_in_dim(
             dx, lax.dynamic_slice_in_dim(dx, row0, tn, 0) + dx_blk, row0, 0
         )

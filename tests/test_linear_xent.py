@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import re
 
 import jax
 import jax.numpy as jnp
@@ -537,3 +538,23 @@ def test_bad_input_raises_at_trace_time():
     x, w, _b, y = make(dtype=jnp.float32, n_ignored=0)
     with pytest.raises(ValueError, match="softcap"):
         jax.jit(lambda x: linear_cross_entropy(x, w, y, softcap=-2.0))(x)
+
+
+@pytest.mark.parametrize("lead", [(4,), (2, 2)], ids=["batch", "batch_and_group"])
+def test_out_of_range_label_position_is_in_the_callers_shape_issue20(lead):
+    # issue 20 item 5: labels of shape (4, 16) with a bad label at (1, 1) were reported "at
+    # position (17,) of labels with shape (64,)", their flattened index; cross_entropy says (1, 1)
+    x, w, _b, y = make(n=16, dtype=jnp.float32, n_ignored=0, lead=lead)
+    where = (*[1] * len(lead), 1)
+    y = y.at[where].set(V + 3)
+    shape = (*lead, 16)
+    message = rf"got {V + 3} at position {re.escape(str(where))} of labels with shape "
+    message += re.escape(str(shape))
+    with pytest.raises(ValueError, match=message):
+        linear_cross_entropy(x, w, y)
+    # the same words as cross_entropy on the logits
+    with pytest.raises(ValueError, match=message):
+        jsoftmax.cross_entropy(x @ w, y)
+    mesh = jax.make_mesh((1,), ("vocab",))
+    with pytest.raises(ValueError, match=message):
+        jsoftmax.vocab_parallel_linear_cross_entropy(x, w, y, mesh=mesh, axis_name="vocab")

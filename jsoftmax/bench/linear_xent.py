@@ -1,6 +1,7 @@
 """Benchmark: chunked ``linear_cross_entropy`` against the naive ``x @ w`` + cross-entropy.
 
-Three parts, all for ``jax.value_and_grad`` of the mean loss with respect to ``x`` and ``w``:
+Five parts, the first four for ``jax.value_and_grad`` of the mean loss with respect to ``x``
+and ``w``:
 
 1. time and compiled temp memory (``memory_analysis().temp_size_in_bytes``) of the chunked
    function and of the naive one (logits materialised, ``optax`` cross-entropy on them), timed
@@ -17,6 +18,9 @@ Three parts, all for ``jax.value_and_grad`` of the mean loss with respect to ``x
    same thread count, so neither side runs after the other has warmed or loaded the machine;
    each process reports its median time and its peak RSS growth over the warm-up and timed
    calls (the peak ``VmHWM`` reset after the inputs, and for jsoftmax the compilation; Linux).
+5. gradient accumulation over ``T`` micro-batches (compiled temp memory only): ``grad`` of a
+   ``lax.scan``, the same with the step under ``jax.checkpoint``, and ``value_and_grad`` in the
+   scan body, on both paths (:func:`accumulation_patterns`).
 
 Run ``python -m jsoftmax.bench.linear_xent [--quick] [--alternate]``; it prints one JSON row per
 figure.
@@ -42,6 +46,7 @@ from jsoftmax.bench._timing import (
     compare,
     comparison_row,
     memory_only,
+    result_row,
     skipped_row,
     torch_cpu_mismatch,
 )
@@ -184,6 +189,81 @@ def _memory_rows(n: int, d: int, vs: list[int]) -> list[dict]:
         for label, fn in [("", _chunked), (", gradients_in_forward=False", _recompute)]:
             js = memory_only("jsoftmax", fn, *_abstract(n, d, v))
             rows.append(_versus_naive(op + label, n, d, v, js, naive))
+    return rows
+
+
+#: Gradient accumulation over ``steps`` micro-batches (compiled only): ``(steps, n, d, v)``.
+ACCUMULATION_FULL = [(8, 512, 256, 8192), (16, 512, 256, 8192), (8, 256, 512, 16384)]
+ACCUMULATION_QUICK = [(4, 64, 64, 2048), (8, 64, 64, 2048)]
+
+
+def accumulation_patterns(gradients_in_forward: bool | None = None) -> dict:
+    """Ways to take ``dw`` of a loss summed over micro-batches ``xs [T, n, D]``, ``ys [T, n]``.
+
+    Each maps ``(w, xs, ys)`` to the summed loss and ``dw``:
+
+    * ``"grad of scan"``: ``jax.grad`` of a ``lax.scan`` whose body adds each step's loss;
+    * ``"grad of scan, checkpointed step"``: the same with ``jax.checkpoint`` around the step;
+    * ``"value_and_grad in the scan body"``: each step's gradient added to the carry.
+    """
+
+    def step(w, x, y):
+        return linear_cross_entropy(x, w, y, gradients_in_forward=gradients_in_forward)
+
+    def summed(step):
+        def loss(w, xs, ys):
+            body = lambda total, xy: (total + step(w, *xy), None)  # noqa: E731
+            return jax.lax.scan(body, jnp.zeros((), jnp.float32), (xs, ys))[0]
+
+        return jax.value_and_grad(loss)
+
+    def in_body(w, xs, ys):
+        def body(carry, xy):
+            loss, dw = jax.value_and_grad(step)(w, *xy)
+            return (carry[0] + loss, carry[1] + dw), None
+
+        return jax.lax.scan(body, (jnp.zeros((), jnp.float32), jnp.zeros_like(w)), (xs, ys))[0]
+
+    return {
+        "grad of scan": summed(step),
+        "grad of scan, checkpointed step": summed(jax.checkpoint(step)),
+        "value_and_grad in the scan body": in_body,
+    }
+
+
+def accumulation_memory(fn, steps: int, n: int, d: int, v: int) -> tuple[int, int]:
+    """``(temp bytes, argument bytes)`` of ``fn`` compiled for float32 micro-batches."""
+    f32 = jnp.float32
+    args = (
+        jax.ShapeDtypeStruct((d, v), f32),
+        jax.ShapeDtypeStruct((steps, n, d), f32),
+        jax.ShapeDtypeStruct((steps, n), jnp.int32),
+    )
+    mem = jax.jit(fn).lower(*args).compile().memory_analysis()
+    return int(mem.temp_size_in_bytes), int(mem.argument_size_in_bytes)
+
+
+def _accumulation_rows(sizes) -> list[dict]:
+    """Compiled temp memory of each accumulation pattern on both paths, in MiB and in dw's."""
+    rows = []
+    for steps, n, d, v in sizes:
+        dw_bytes = d * v * 4
+        for gif, path in [(None, "gradients in forward (default)"), (False, "recompute")]:
+            for name, fn in accumulation_patterns(gif).items():
+                temp, arg = accumulation_memory(fn, steps, n, d, v)
+                rows.append(
+                    result_row(
+                        SUITE,
+                        f"gradient accumulation: {name}, {path} (compiled, not run)",
+                        f"T={steps} n={n} D={d} V={v}",
+                        "float32",
+                        temp_mib=temp / 2**20,
+                        argument_mib=arg / 2**20,
+                        temp_in_dw=temp / dw_bytes,
+                        device=jax.devices()[0].device_kind,
+                        jax=jax.__version__,
+                    )
+                )
     return rows
 
 
@@ -368,6 +448,7 @@ def run(quick: bool = False) -> list[dict]:
     if quick or jax.default_backend() != "cpu":
         timing += _sweep_rows(cfg, SWEEP_QUICK if quick else SWEEP_FULL)
     memory = _memory_rows(cfg["n"], cfg["d"], CURVE_QUICK if quick else CURVE_FULL)
+    memory += _accumulation_rows(ACCUMULATION_QUICK if quick else ACCUMULATION_FULL)
     # the PyTorch row last: where it is skipped, the others stay in one table
     return [*timing, *memory, _torch_row(cfg, js)]
 
