@@ -112,11 +112,13 @@ def test_notebook_is_committed_executed(path: Path):
     assert not errors, f"{path.name} was committed with an error: {errors[0].ename}"
 
 
-def _needs_train_extra(nb: nbformat.NotebookNode) -> bool:
-    """Whether the notebook imports what only the ``train`` extra installs."""
+def _extra(nb: nbformat.NotebookNode) -> str | None:
+    """The extra the notebook needs: ``examples`` (Equinox), ``train`` or none."""
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    if re.search(r"^\s*(import|from) equinox\b", code, re.MULTILINE):
+        return "examples"
     pattern = r"^\s*(import|from) (matplotlib|sklearn|tqdm|jsoftmax\.train)\b"
-    return re.search(pattern, code, re.MULTILINE) is not None
+    return "train" if re.search(pattern, code, re.MULTILINE) else None
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -128,8 +130,9 @@ def test_notebook_first_cells(path: Path):
     # where jsoftmax comes from (not PyPI: a checkout or a wheel), and running on an accelerator
     for words in ("checkout", "wheel", "GPU", "TPU", "jax[cuda12]"):
         assert words in setup.source, f"the Setup note does not mention {words!r}"
-    if _needs_train_extra(nb):
-        assert "`[train]`" in setup.source, "the Setup note does not mention the train extra"
+    extra = _extra(nb)
+    if extra is not None:
+        assert f"`[{extra}]`" in setup.source, f"the Setup note does not mention [{extra}]"
     assert install.cell_type == "code"
     assert re.match(r"try:\n    import jsoftmax\nexcept ImportError:", install.source)
     assert devices.cell_type == "code" and "print(jax.devices())" in devices.source
@@ -163,7 +166,8 @@ def test_install_cell_installs_only_where_jsoftmax_is_missing(path: Path, monkey
     cmd = calls[0]
     assert cmd[:4] == [sys.executable, "-m", "pip", "install"], cmd
     spec = cmd[-1]
-    assert spec == ("..[train]" if _needs_train_extra(nb) else ".."), spec
+    extra = _extra(nb)
+    assert spec == (f"..[{extra}]" if extra else ".."), spec
     # ".." seen from the notebook's folder (the kernel's working directory) is this checkout
     source = (NOTEBOOK_DIR / spec.split("[")[0]).resolve()
     assert (source / "pyproject.toml").is_file() and (source / "jsoftmax").is_dir()
