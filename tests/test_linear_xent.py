@@ -558,3 +558,51 @@ def test_out_of_range_label_position_is_in_the_callers_shape_issue20(lead):
     mesh = jax.make_mesh((1,), ("vocab",))
     with pytest.raises(ValueError, match=message):
         jsoftmax.vocab_parallel_linear_cross_entropy(x, w, y, mesh=mesh, axis_name="vocab")
+
+
+# --------------------------------------------------------------------------------------------
+# the token block of the gradients-in-forward path, by backend (issue 22)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("platform", "free", "budget"),
+    [
+        ("cpu", None, 256 << 20),  # the CPU's measured optimum, whatever memory it has
+        ("cpu", 1 << 40, 256 << 20),
+        ("gpu", None, 256 << 20),  # free memory unknown: the CPU's budget
+        ("gpu", 75 << 30, 2 << 30),  # an H100's free memory / 16, capped at 2 GiB
+        ("gpu", 16 << 30, 1 << 30),  # 16 GiB free: a sixteenth
+        ("tpu", 1 << 30, 256 << 20),  # little free memory: never below 256 MiB
+    ],
+)
+def test_fused_block_budget_by_backend(platform, free, budget):
+    from jsoftmax._linear_xent import fused_block_budget
+
+    assert fused_block_budget(platform, free) == budget
+
+
+@pytest.mark.parametrize(
+    ("n", "v", "itemsize", "budget", "tokens"),
+    [
+        (8192, 65536, 4, 256 << 20, 512),  # the CPU default at the benchmark shape
+        (8192, 65536, 4, 2 << 30, 1024),  # an H100's budget: the N / 8 cap binds
+        (65536, 65536, 4, 2 << 30, 4096),  # more tokens: the budget binds
+        (8192, 128256, 4, 256 << 20, 261),
+        (7, 65536, 4, 2 << 30, 1),  # at least one token
+        (4, 10, 4, 1 << 40, 1),  # never more than N / 8 (rounded down, at least 1)
+    ],
+)
+def test_fused_token_block_from_a_budget(n, v, itemsize, budget, tokens):
+    from jsoftmax._linear_xent import fused_token_block
+
+    got = fused_token_block(n, v, itemsize, budget)
+    assert got == tokens
+    assert 2 * got * v * itemsize <= budget or got == 1
+
+
+def test_automatic_block_on_this_backend_is_the_cpu_budget():
+    from jsoftmax._linear_xent import _device_block_budget
+
+    if jax.default_backend() == "cpu":
+        assert _device_block_budget() == 256 << 20
