@@ -402,9 +402,6 @@ def prepare_linear_inputs(
         softcap=softcap,
         reduction=reduction,
     )
-    # labels out of [0, V) are reported at their position in the caller's labels, before the
-    # flattening to [N] below (concrete labels raise; traced ones under label_checks call back)
-    check_labels_in_range(labels, v, ignore_index, fn)
     dtype = jnp.result_type(*arrays)
     # mixed dtypes promote as x @ w + bias would; equal dtypes (the usual case) copy nothing
     x, w = x.astype(dtype), w.astype(dtype)
@@ -420,6 +417,10 @@ def prepare_linear_inputs(
             f"{fn}: gradients_in_forward=True needs reduction 'mean' or 'sum' (per-token "
             "cotangents of reduction='none' are only known in the backward pass); got 'none'"
         )
+    # labels out of [0, V) are reported at their position in the caller's labels, before the
+    # flattening to [N] below (concrete labels raise; traced ones under label_checks call
+    # back), and after every static check: an option error comes first
+    check_labels_in_range(labels, v, ignore_index, fn)
     fused = None
     if reduction != "none" and gradients_in_forward is not False and n > 0:
         # an explicit token chunk sets the block of either path; the vocabulary is whole here
