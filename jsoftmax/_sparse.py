@@ -125,8 +125,10 @@ def alpha_derivative(
 def _to_last(z: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     """Move ``axes`` to the end and flatten them: ``[..., n]``."""
     batch = tuple(a for a in range(z.ndim) if a not in axes)
+    n = _slice_size(z.shape, axes)
     z = jnp.transpose(z, batch + axes)
-    return z.reshape((*z.shape[: len(batch)], -1))
+    # the slice size spelled out: with an empty batch, -1 would be 0 / 0
+    return z.reshape((*z.shape[: len(batch)], n))
 
 
 def _keepdims_shape(shape, axes):
