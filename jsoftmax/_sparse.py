@@ -98,23 +98,54 @@ def support_vjp(u: jax.Array, g: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     return u * (g - ug / jnp.where(su > 0, su, 1))
 
 
-def alpha_derivative(
-    p: jax.Array, u: jax.Array, alpha: jax.Array, axes: tuple[int, ...]
-) -> jax.Array:
-    """``∂p/∂α`` per entry, from the output alone.
+def _series_or_direct(x, direct, coefs, cut):
+    """``direct(x)``, or the power series ``Σ_k coefs[k] x^k`` where ``|x| < cut``.
 
-    With ``β = 1/(α − 1)`` and ``p_i = ((α−1)x_i − τ)^β`` on the support, differentiating the
-    constraint ``Σ p = 1`` gives (the shift ``τ/(α−1)`` cancels because ``⟨u, p^(α−1)⟩ = 1``)
-
-        ∂p_i/∂α = β² (p_i − u_i / Σu) − β (p_i log p_i − u_i Σ_j p_j log p_j / Σu).
+    For quotients that cancel catastrophically near ``x = 0``: the direct form loses about
+    ``log10(1/cut²)`` digits at the cut, the series (Horner) none. The direct form sees a safe
+    ``x`` (the cut) inside the series' range, so it meets no 0/0 there.
     """
-    beta = 1 / (alpha - 1)
+    small = jnp.abs(x) < cut
+    xs = jnp.where(small, x, 0)
+    series = jnp.zeros_like(x)
+    for c in reversed(coefs):
+        series = series * xs + c
+    return jnp.where(small, series, direct(jnp.where(small, cut, x)))
+
+
+#: (x/(1+x) − log1p x)/x² = Σ_{k≥1} (−1)^k k/(k+1) x^(k−1); 16 terms: 0.1^16 below float64's ulp
+_H_COEFS = tuple((-1) ** k * k / (k + 1) for k in range(1, 17))
+
+
+def _h(x: jax.Array) -> jax.Array:
+    """``(x/(1+x) − log1p(x)) / x²`` for ``x > −1``, accurate at ``x → 0`` (where it is −½)."""
+    return _series_or_direct(x, lambda v: (v / (1 + v) - jnp.log1p(v)) / (v * v), _H_COEFS, 0.1)
+
+
+def alpha_derivative(
+    p: jax.Array, u: jax.Array, eps: jax.Array | float, axes: tuple[int, ...]
+) -> jax.Array:
+    """``∂p/∂α`` per entry, from the output alone (``eps = α − 1``).
+
+    On the support ``p_i = exp(log1p(ε d_i)/ε)`` with ``d_i = z_i − t`` (see
+    :func:`entmax_tau_bisect`), so ``ε d_i = expm1(ε log p_i)`` comes back from ``p`` and
+
+        ∂ log p_i/∂ε = G_i − t′/(1 + ε d_i),   G_i = d_i² h(ε d_i),
+        h(x) = (x/(1 + x) − log1p x)/x²,
+
+    and ``Σ ∂p/∂ε = 0`` fixes ``t′``: ``∂p/∂α = p ⊙ G − u ⟨p, G⟩ / Σu`` with
+    ``u = p/(1 + ε d) = p^(2−α)``. This is ``β² (p − u/Σu) − β (p log p − u Σ p log p / Σu)``
+    (``β = 1/ε``) rearranged so that nothing of size ``β²`` cancels: ``h`` is evaluated by its
+    series near 0, and float32 keeps its precision as α → 1.
+    """
     on = p > 0
-    plogp = jnp.where(on, p * jnp.log(jnp.where(on, p, 1)), 0 * p)  # 0 log 0 = 0; NaN stays
+    x = jnp.expm1(eps * jnp.log(jnp.where(on, p, 1)))  # ε d on the support, 0 off it
+    d = x / eps
+    # off the support 0 · p: exactly 0, but NaN for a NaN slice (its gradient stays NaN)
+    pg = jnp.where(on, p * (d * d) * _h(x), 0 * p)
     su = jnp.sum(u, axes, keepdims=True)
     su = jnp.where(su > 0, su, 1)
-    h = jnp.sum(plogp, axes, keepdims=True)
-    return beta * beta * (p - u / su) - beta * (plogp - u * h / su)
+    return pg - u * jnp.sum(pg, axes, keepdims=True) / su
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,12 +156,39 @@ def alpha_derivative(
 def _to_last(z: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     """Move ``axes`` to the end and flatten them: ``[..., n]``."""
     batch = tuple(a for a in range(z.ndim) if a not in axes)
+    n = _slice_size(z.shape, axes)
     z = jnp.transpose(z, batch + axes)
-    return z.reshape((*z.shape[: len(batch)], -1))
+    # the slice size spelled out: with an empty batch, -1 would be 0 / 0
+    return z.reshape((*z.shape[: len(batch)], n))
 
 
 def _keepdims_shape(shape, axes):
     return tuple(1 if a in axes else d for a, d in enumerate(shape))
+
+
+def _shifted(x: jax.Array, axes: tuple[int, ...], where: jax.Array | None):
+    """``max_shifted(x, axes, where)``, without its ``-inf`` start where nothing needs one.
+
+    With no mask and non-empty slices the maximum needs no initial value; ``max_shifted``'s
+    ``initial=-inf`` is an infinite constant that ``jax.debug_infs`` under ``jax.disable_jit``
+    reports on finite inputs. Masks (whose entries are ``-inf`` by convention) and empty slices
+    go through ``max_shifted``.
+    """
+    if where is None and _slice_size(x.shape, axes) > 0:
+        m = lax.stop_gradient(jnp.max(x, axes, keepdims=True))
+        return x - m, m  # subtract the max: z ≤ 0, the threshold in [−1, 0] (or [0, log n])
+    return max_shifted(x, axes, where)
+
+
+def _per_slice(z: jax.Array, axes: tuple[int, ...], value: float) -> jax.Array:
+    """``value`` at ``z``'s shape with size 1 along ``axes``, sharded as a reduction of ``z``.
+
+    A loop carry must come out of the body with the sharding it went in with, and the body's
+    per-slice values are reductions of ``z``: on a mesh with Explicit axes an array made by
+    ``jnp.full(shape)`` is replicated and would not match. ``full_like`` of a reduction takes
+    its type (shape, dtype, sharding) and not its value, so the reduction itself is dead code.
+    """
+    return jnp.full_like(jnp.max(z, axes, keepdims=True), value)
 
 
 def _sorted_desc(z, axes):
@@ -154,7 +212,7 @@ def entmax15_tau_sort(z: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     ``Σ_{j≤k} (z_(j) − τ)² = 1`` is ``τ_k = μ_k − √((1 − k σ²_k)/k)`` (mean and variance of
     the ``k`` largest); the support is the largest ``k`` with ``τ_k ≤ z_(k)``."""
     zs, k = _sorted_desc(z, axes)
-    finite = zs > -jnp.inf
+    finite = jnp.isfinite(zs)  # not -inf (z ≤ 0; a NaN slice is NaN anyway)
     zf = jnp.where(finite, zs, 0)  # -inf entries would make the running sums NaN
     mean = jnp.cumsum(zf, -1) / k
     var = jnp.cumsum(zf * zf, -1) / k - mean * mean
@@ -214,9 +272,8 @@ def sparsemax_tau_newton(z: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     formula on the sort's support. At most ``n`` steps; 6–7 passes over the data for Gaussian
     scores of 1024 … 262144 entries (BENCHMARKS.md), each one fused loop.
     """
-    keep = _keepdims_shape(z.shape, axes)
-    tau0 = jnp.full(keep, -1, z.dtype)
-    count0 = jnp.full(keep, -1, z.dtype)
+    tau0 = _per_slice(z, axes, -1)
+    count0 = _per_slice(z, axes, -1)
     limit = _slice_size(z.shape, axes) + 2
 
     def body(state):
@@ -245,9 +302,8 @@ def entmax15_tau_newton(z: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     (the rationalised smaller root, no cancellation). That root is the threshold when the
     support at it is ``S``, which the next pass counts in the same loop over the data.
     """
-    keep = _keepdims_shape(z.shape, axes)
     limit = _slice_size(z.shape, axes) + 64
-    minus_one = jnp.full(keep, -1, z.dtype)
+    minus_one = _per_slice(z, axes, -1)
 
     def body(state):
         i, tau, exact, k_solved, answer, done = state
@@ -272,28 +328,65 @@ def entmax15_tau_newton(z: jax.Array, axes: tuple[int, ...]) -> jax.Array:
         i, *_, done = state
         return (i < limit) & ~jnp.all(done)
 
-    # the first pass confirms nothing (k_solved = -1 is no support size)
-    state = (0, minus_one, minus_one, minus_one, jnp.full(keep, jnp.nan, z.dtype), minus_one > 0)
+    # the first pass confirms nothing (k_solved = -1 is no support size); the answer starts as
+    # a placeholder that is read only where `done` (no NaN constant: see _nan_where)
+    state = (0, minus_one, minus_one, minus_one, minus_one, minus_one > 0)
     _, _, exact, _, answer, done = lax.while_loop(cond, body, state)
     # (the pass limit is never reached in practice; should it be, the last exact root)
     return jnp.where(done, answer, exact)
 
 
-def entmax_tau_bisect(
-    z: jax.Array, axes: tuple[int, ...], beta: jax.Array | float, n_iter: int
-) -> jax.Array:
-    """α-entmax threshold by bisection on ``τ ∈ [−1, 0]`` (``z`` already times ``α − 1``).
+def _integer_beta(static: float | None) -> int | None:
+    """``1/(α − 1)`` when it is an integer 1 … 8 (α = 1 + 1/k): then a product, not a power."""
+    if static is None:
+        return None
+    beta = 1 / (static - 1)
+    return round(beta) if abs(beta - round(beta)) < 1e-12 and 1 <= round(beta) <= 8 else None
 
-    ``f(−1) ≥ 0`` (the maximum alone gives 1) and ``f(0) = −1``; the loop stops after
-    ``n_iter`` halvings or as soon as no slice's interval can shrink in this precision. The
-    lower end is returned: ``Σ p ≥ 1``, and the caller divides by the sum.
+
+def entmax_terms(d: jax.Array, eps: jax.Array | float, static: float | None) -> jax.Array:
+    """``[1 + ε d]_+^(1/ε)`` (``d = z − t``, ``ε = α − 1``): α-entmax before normalising.
+
+    Computed as ``exp(log1p(ε d)/ε)``: accurate for every ε, and as ε → 0 it tends to
+    ``exp(d)`` (softmax) instead of ``1^∞``. For α = 1 + 1/k (k ≤ 8) a k-th power instead.
     """
-    keep = _keepdims_shape(z.shape, axes)
-    lo0 = jnp.full(keep, -1, z.dtype)
-    hi0 = jnp.zeros(keep, z.dtype)
+    x = eps * d
+    k = _integer_beta(static)
+    if k is not None:
+        return lax.integer_pow(jnp.maximum(1 + x, 0), k)
+    on = x > -1
+    # off the support (ε d ≤ −1) exactly 0; the log sees a safe 0 there
+    return jnp.where(on, jnp.exp(jnp.log1p(jnp.where(on, x, 0)) / eps), 0)
 
-    def mass(tau):
-        return jnp.sum(_power(jnp.maximum(z - tau, 0), beta), axes, keepdims=True)
+
+def entmax_tau_bisect(
+    z: jax.Array,
+    axes: tuple[int, ...],
+    eps: jax.Array | float,
+    static: float | None,
+    n_iter: int,
+) -> jax.Array:
+    """α-entmax threshold ``t`` by bisection, in the units of ``z`` (``ε = α − 1``).
+
+    The textbook threshold ``τ`` of ``[(α − 1) z − τ]_+^(1/(α−1))`` is written
+    ``τ = ε t − 1``, so that ``p_i = [1 + ε (z_i − t)]_+^(1/ε)``: as α → 1, ``t`` tends to
+    ``logsumexp(z)`` and ``p`` to softmax, where ``τ`` would tend to −1 and lose every digit
+    of ``ε z`` to the rounding of ``−1 + ε z``. The mass ``F(t) = Σ p_i`` decreases from
+    ``F(0) ≥ 1`` (the maximum ``z = 0`` alone gives 1) to ``F(log n) ≤ n e^(−log n) = 1``
+    (``log1p(y) ≤ y``), so ``t ∈ [0, min(log n, 1/ε)]`` (at ``1/ε`` every term is 0). The loop
+    stops after ``n_iter`` halvings, once no slice's interval can shrink in this precision, or
+    once every interval is below ``eps/8`` (``t`` enters only through ``z − t``, with ``z`` of
+    order 1 on the support). The lower end is returned: ``Σ p ≥ 1``, and the caller divides by
+    the sum.
+    """
+    n = _slice_size(z.shape, axes)
+    top = math.log(n) if n > 1 else 0.0
+    tol = float(jnp.finfo(z.dtype).eps) / 8
+    lo0 = _per_slice(z, axes, 0)
+    hi0 = lo0 + (min(top, 1 / (static - 1)) if static is not None else jnp.minimum(top, 1 / eps))
+
+    def mass(t):
+        return jnp.sum(entmax_terms(z - t, eps, static), axes, keepdims=True)
 
     def body(state):
         i, lo, hi = state
@@ -304,28 +397,33 @@ def entmax_tau_bisect(
     def cond(state):
         i, lo, hi = state
         mid = (lo + hi) / 2
-        return (i < n_iter) & jnp.any((mid != lo) & (mid != hi))
+        return (i < n_iter) & jnp.any((mid != lo) & (mid != hi) & (hi - lo > tol))
 
     _, lo, _ = lax.while_loop(cond, body, (0, lo0, hi0))
     return lo
 
 
+def _nan_where(bad: jax.Array, v: jax.Array) -> jax.Array:
+    """``v``, NaN wherever ``bad``: ``v · q / q`` with ``q = 1 − bad`` (0/0 only where bad).
+
+    Unlike ``jnp.where(bad, nan, v)`` no NaN constant is formed where nothing is NaN, so
+    ``jax.debug_nans`` does not stop on a finite result.
+    """
+    q = (~bad).astype(v.dtype)
+    return v * q / q
+
+
 def _nan_if_posinf(tau: jax.Array, m: jax.Array) -> jax.Array:
-    """The threshold, NaN for a slice whose maximum is ``+inf``.
+    """The threshold, NaN for a slice whose maximum is ``+inf`` (or ``-inf``: all ``-inf``).
 
     Shifting by ``+inf`` leaves the other entries at ``-inf`` and the infinite one NaN, which
     the threshold search skips; without this its slice would come out finite (zeros with a NaN
     hole). A ``NaN`` entry needs nothing: the maximum, and so the whole slice, is already NaN.
-    A per-slice select after the search: it does not split the elementwise kernels.
+    ``τ + 0 · m``: ``0 · ±inf`` is NaN, ``0 · m`` exactly 0 for a finite maximum (no NaN or inf
+    constant where the result is finite, for ``jax.debug_nans``/``debug_infs``). A per-slice
+    operation after the search: it does not split the elementwise kernels.
     """
-    return jnp.where(jnp.isposinf(m), jnp.nan, tau)
-
-
-def _power(d: jax.Array, beta: jax.Array | float) -> jax.Array:
-    """``d^β`` for ``d ≥ 0``: an integer power (multiplications) when β is a small integer."""
-    if isinstance(beta, (int, float)) and float(beta).is_integer() and 1 <= beta <= 8:
-        return lax.integer_pow(d, int(beta))
-    return jnp.power(d, beta)
+    return tau + 0 * m
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,7 +489,7 @@ def sparsemax(
 
 def sparsemax_impl(x, where, axes, method):
     """The primal: shift by the maximum, find τ, clip; masked entries exactly 0."""
-    z, m = max_shifted(x.astype(compute_dtype(x.dtype)), axes, where)
+    z, m = _shifted(x.astype(compute_dtype(x.dtype)), axes, where)
     find = sparsemax_tau_newton if method == "newton" else sparsemax_tau_sort
     p = jnp.maximum(z - _nan_if_posinf(find(z, axes), m), 0)
     if where is not None:
@@ -497,7 +595,7 @@ def entmax15(
 
 def entmax15_impl(x, where, axes, method):
     """The primal: ``z = (x − max x)/2``, find τ, square the clipped difference."""
-    z, m = max_shifted(x.astype(compute_dtype(x.dtype)), axes, where)
+    z, m = _shifted(x.astype(compute_dtype(x.dtype)), axes, where)
     z = z / 2  # (α − 1) x with α = 1.5
     find = entmax15_tau_newton if method == "newton" else entmax15_tau_sort
     d = jnp.maximum(z - _nan_if_posinf(find(z, axes), m), 0)
@@ -556,9 +654,9 @@ def _prepare_alpha(alpha, x: jax.Array, axes: tuple[int, ...], fn: str):
 
     ``kind`` is ``"softmax"``, ``"entmax15"`` or ``"sparsemax"`` for a Python number of exactly
     1, 1.5 or 2 (the exact functions), else ``"bisect"``. ``static`` is a Python number's value
-    (checked ≥ 1), ``None`` for an array. ``alpha`` is ``None`` for the exact functions, else an
-    array at ``x``'s shape with size 1 along ``axis`` in the compute dtype: an array ``alpha``
-    must broadcast there (one α per slice, or one for all).
+    (checked ≥ 1), ``None`` for an array. ``alpha`` is ``None`` for a Python number, else the
+    array in the compute dtype at ``x``'s rank, broadcastable to ``x``'s shape with size 1
+    along ``axis`` (one α per slice, or one for all).
     """
     if isinstance(alpha, bool):
         raise TypeError(f"{fn}: alpha must be a float or a floating-point array; got {alpha!r}")
@@ -568,11 +666,7 @@ def _prepare_alpha(alpha, x: jax.Array, axes: tuple[int, ...], fn: str):
         if not (math.isfinite(alpha) and alpha >= 1):
             raise ValueError(f"{fn}: alpha must be finite and >= 1; got {alpha!r}")
         static = float(alpha)
-        kind = _EXACT.get(static, "bisect")
-        if kind != "bisect":
-            return kind, static, None
-        keep = _keepdims_shape(x.shape, axes)
-        return kind, static, jnp.full(keep, static, compute_dtype(x.dtype))
+        return _EXACT.get(static, "bisect"), static, None
     a = as_float_array(alpha, "alpha", fn)
     keep = _keepdims_shape(x.shape, axes)
     given = a.shape
@@ -588,7 +682,9 @@ def _prepare_alpha(alpha, x: jax.Array, axes: tuple[int, ...], fn: str):
             f"{fn}: alpha must be a scalar or broadcastable to {keep} (x's shape {x.shape} with "
             f"size 1 along axis: one alpha per slice); got shape {given}"
         )
-    return "bisect", None, jnp.broadcast_to(a, keep).astype(compute_dtype(x.dtype))
+    # kept at its own shape (size 1 where it is shared): a broadcast copy would be replicated,
+    # not sharded like x, on a mesh with Explicit axes
+    return "bisect", None, a.astype(compute_dtype(x.dtype))
 
 
 def _check_n_iter(n_iter, fn: str) -> int:
@@ -680,19 +776,29 @@ def entmax(
 
 def entmax_bisect_impl(x, alpha, where, axes, n_iter, static):
     """The primal: ``z = (α − 1)(x − max x)``, bisect τ, power, divide by the sum."""
-    z, m = max_shifted(x.astype(compute_dtype(x.dtype)), axes, where)
-    alpha = lax.stop_gradient(alpha)
-    # α ≤ 1 has no sparse solution: NaN for the slice, never a finite wrong distribution
-    bad = ~(alpha > 1)
-    am1 = jnp.where(bad, jnp.nan, alpha - 1)
-    z = z * am1
-    beta = 1 / (static - 1) if static is not None else 1 / am1
-    tau = _nan_if_posinf(entmax_tau_bisect(z, axes, beta, n_iter), m)
-    p = _power(jnp.maximum(z - tau, 0), beta)
+    z, m = _shifted(x.astype(compute_dtype(x.dtype)), axes, where)
+    eps = _alpha_minus_one(alpha, static)
+    t = _nan_if_posinf(entmax_tau_bisect(z, axes, eps, static, n_iter), m)
+    p = entmax_terms(z - t, eps, static)
     p = p / jnp.sum(p, axes, keepdims=True)  # bisection leaves Σp ≥ 1 by a rounding error
     if where is not None:
         p = jnp.where(where, p, jnp.zeros((), p.dtype))
     return p.astype(x.dtype)
+
+
+def _alpha_minus_one(alpha, static):
+    """``ε = α − 1``: a Python float for a Python α (exact, even for α = 1 + 1e-8, where
+    float32's α would be 1), else the array's, NaN where α ≤ 1 or α is not finite (no sparse
+    solution: NaN for the slice, never a finite wrong distribution)."""
+    if static is not None:
+        return static - 1
+    return _nan_where(~((alpha > 1) & jnp.isfinite(alpha)), alpha - 1)
+
+
+def _sum_to(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``g`` summed over the axes along which an argument of ``shape`` was broadcast."""
+    axes = tuple(a for a, (n, m) in enumerate(zip(shape, g.shape, strict=True)) if n != m)
+    return jnp.sum(g, axes, keepdims=True) if axes else g
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
@@ -709,7 +815,9 @@ def _entmax_bisect_jvp(axes, n_iter, static, primals, tangents):
     pc = p.astype(cdt)
     # ṗ = u ⊙ ẋ − u ⟨u, ẋ⟩ / Σu + α̇ ∂p/∂α with u = p^(2−α) on the support
     u = support_weights(pc, 2 - static if static is not None else 2 - alpha)
-    dp = support_vjp(u, dx.astype(cdt), axes) + dalpha * alpha_derivative(pc, u, alpha, axes)
+    dp = support_vjp(u, dx.astype(cdt), axes)
+    if static is None:  # a Python α has no tangent
+        dp = dp + dalpha * alpha_derivative(pc, u, _alpha_minus_one(alpha, None), axes)
     return p, dp.astype(p.dtype)
 
 
@@ -730,9 +838,12 @@ def _entmax_bisect_bwd(axes, n_iter, static, res, g):
     cdt = compute_dtype(p.dtype)
     p, g = p.astype(cdt), g.astype(cdt)
     u = support_weights(p, 2 - static if static is not None else 2 - alpha)
-    dx = support_vjp(u, g, axes)
-    dalpha = jnp.sum(g * alpha_derivative(p, u, alpha, axes), axes, keepdims=True)
-    return dx.astype(res[0].dtype), dalpha.astype(alpha.dtype), None
+    dx = support_vjp(u, g, axes).astype(res[0].dtype)
+    if static is not None:  # a Python α: no array, no cotangent
+        return dx, None, None
+    da = alpha_derivative(p, u, _alpha_minus_one(alpha, None), axes)
+    dalpha = _sum_to(jnp.sum(g * da, axes, keepdims=True), alpha.shape)
+    return dx, dalpha.astype(alpha.dtype), None
 
 
 _entmax_bisect.defvjp(_entmax_bisect_fwd, _entmax_bisect_bwd)
