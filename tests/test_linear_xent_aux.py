@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import pathlib
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -328,7 +332,7 @@ def test_accuracy_ties_go_to_the_first_maximal_class(path, chunk):
     # classes 3, 10 and 20 have the same weight column, so the same logit for every token:
     # the argmax is 3 (jnp.argmax takes the first), also when they fall in different blocks
     x, w, _, _, _ = make(dtype=jnp.float32)
-    x = jnp.abs(x)
+    x = jnp.round(8 * jnp.abs(x)) / 8  # dyadic: the tied logits are exact in any sum order
     col = 10.0 * jnp.ones((D,), jnp.float32)  # larger than every other logit
     w = w.at[:, 3].set(col).at[:, 10].set(col).at[:, 20].set(col)
     z = x @ w
@@ -569,3 +573,16 @@ def test_layout_mismatch_names_the_layout():
         linear_cross_entropy(x, w.T, y, ignore_index=IGNORE)
     with pytest.raises(ValueError, match=r"w must have shape \[V, D\] \(w_layout='vd'\)"):
         linear_cross_entropy(x, w[0], y, ignore_index=IGNORE, w_layout="vd")
+
+
+def test_vocab_sharded_kernel_combines_argmax_and_weights():
+    # four faked devices in a subprocess (tests/_linear_xent_aux_worker.py): the per-shard
+    # kernel with axis_name set, ties across shards, weights, both paths and layouts
+    root = pathlib.Path(__file__).resolve().parents[1]
+    worker = root / "tests" / "_linear_xent_aux_worker.py"
+    env = dict(os.environ, PYTHONPATH=str(root))
+    run = subprocess.run(
+        [sys.executable, str(worker)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("ok") == 4, run.stdout
