@@ -101,6 +101,32 @@ def as_mask(where: ArrayLike | None, shape: tuple[int, ...], fn: str) -> jax.Arr
     return jnp.reshape(where, (1,) * (len(shape) - where.ndim) + where.shape)
 
 
+def as_token_weights(
+    token_weights: ArrayLike | None, shape: tuple[int, ...], dtype, fn: str
+) -> jax.Array | None:
+    """Per-token weights (floating) or a loss mask (bool) of exactly ``shape``, as ``dtype``."""
+    if token_weights is None:
+        return None
+    try:
+        given = jnp.result_type(token_weights)
+    except TypeError:
+        raise TypeError(
+            f"{fn}: token_weights must be an array of labels' shape {tuple(shape)} or None; got "
+            f"{type(token_weights).__name__}"
+        ) from None
+    if not (jnp.issubdtype(given, jnp.floating) or given == jnp.bool_):
+        raise TypeError(
+            f"{fn}: token_weights must be floating point (weights) or bool (a loss mask); got "
+            f"dtype {given}. Cast it first, e.g. token_weights.astype(jnp.float32)."
+        )
+    token_weights = jnp.asarray(token_weights)
+    if token_weights.shape != tuple(shape):
+        raise ValueError(
+            f"{fn}: token_weights must have labels' shape {tuple(shape)}; got {token_weights.shape}"
+        )
+    return token_weights.astype(dtype)
+
+
 REDUCTIONS = ("mean", "sum", "none")
 
 

@@ -35,6 +35,7 @@ from jax.typing import ArrayLike
 
 from jsoftmax._checks import (
     as_float_array,
+    as_token_weights,
     check_integer_labels,
     check_labels_in_range,
     check_xent_options,
@@ -46,10 +47,12 @@ from jsoftmax._xent_engine import (
     mean_divisor,
     reduce_token_losses,
     uniform_weight_terms,
+    z_loss_term,
 )
 
 __all__ = [
     "ChunkedXentOptions",
+    "LinearCrossEntropyAux",
     "chunked_xent",
     "linear_cross_entropy",
     "prepare_linear_inputs",
@@ -141,6 +144,27 @@ class ChunkedXentOptions(NamedTuple):
     # gradients in the compute dtype (float32 for half precision) and rounds to this one only
     # after the cotangent has scaled them; None: the saved gradients' own dtype
     param_dtype: np.dtype | None = None
+    # return (loss, LinearCrossEntropyAux) instead of the loss (see linear_cross_entropy)
+    return_aux: bool = False
+    # "dv": w is [D, V_local]; "vd": w is [V_local, D] (torch.nn.Linear's weight, a tied
+    # embedding table), contracted on its second axis by the block matmuls, never transposed
+    w_layout: str = "dv"
+
+
+class LinearCrossEntropyAux(NamedTuple):
+    """What :func:`linear_cross_entropy` computes besides the loss with ``return_aux=True``.
+
+    Every field is formed in the same pass as the loss (no logits are materialised) and
+    carries no gradient. ``ω_n`` is token ``n``'s weight (``token_weights``, else 1), 0 for an
+    ignored token; "reduced like the loss" means per token for ``"none"``, the sum over tokens
+    for ``"sum"`` and the sum divided by the loss's divisor (``num_tokens``, or 1 when nothing
+    contributes) for ``"mean"``.
+    """
+
+    lse: jax.Array  # [...] per token: log Σ_c exp z_nc (ignored tokens too), float32/float64
+    z_loss: jax.Array  # the z-loss part λ ω_n lse_n², reduced like the loss
+    num_tokens: jax.Array  # [] Σ_n ω_n over the tokens that are not ignored
+    accuracy: jax.Array  # ω_n [argmax_c z_nc = y_n], reduced like the loss
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,7 +218,10 @@ def linear_cross_entropy(
     softcap: float | None = None,
     reduction: str = "mean",
     gradients_in_forward: bool | None = None,
-) -> jax.Array:
+    token_weights: ArrayLike | None = None,
+    return_aux: bool = False,
+    w_layout: str = "dv",
+) -> jax.Array | tuple[jax.Array, LinearCrossEntropyAux]:
     r"""Cross-entropy of the logits ``x @ w + bias``, computed in chunks without forming them.
 
     With logits :math:`s = x w + b`, optionally soft-capped to :math:`z = c \tanh(s / c)`
@@ -208,7 +235,10 @@ def linear_cross_entropy(
     so :math:`\ell_n = \mathrm{lse}_n - (1-\varepsilon) z_{n y_n}
     - \tfrac{\varepsilon}{V}\sum_c z_{nc} + \lambda\,\mathrm{lse}_n^2`. Tokens whose label is
     ``ignore_index`` have :math:`\ell_n = 0`; ``"mean"`` divides :math:`\sum_n \ell_n` by the
-    number of tokens that are not ignored (0 if there are none). This is
+    number of tokens that are not ignored (0 if there are none). With ``token_weights``
+    :math:`\omega_n`, token :math:`n` scores :math:`\omega_n \ell_n` (0 where
+    :math:`\omega_n = 0`, even if :math:`\ell_n` is infinite) and ``"mean"`` is
+    :math:`\sum_n \omega_n \ell_n / \sum_n \omega_n` over the tokens that are not ignored. This is
     ``jsoftmax.cross_entropy(x @ w + bias, labels, ...)`` with the options the two share
     (``ignore_index``, ``label_smoothing``, ``z_loss``, ``reduction``); ``cross_entropy`` adds
     class ``weight``, probability labels, ``where`` masks and tuple ``axis``, which a
@@ -253,8 +283,8 @@ def linear_cross_entropy(
 
     Args:
       x: token features ``[..., D]`` (e.g. ``[N, D]`` or ``[batch, seq, D]``), floating point.
-      w: output projection ``[D, V]`` (features by classes; a tied embedding table ``[V, D]``
-        is passed as ``table.T``).
+      w: output projection ``[D, V]`` (features by classes), or ``[V, D]`` with
+        ``w_layout="vd"`` (a tied embedding table, PyTorch's ``nn.Linear`` weight).
       labels: integer class indices of ``x``'s leading shape ``[...]``.
       bias: optional ``[V]`` bias added to the logits.
       chunk_size: ``None`` (automatic), an int (the vocabulary chunk; tokens automatic) or a pair
@@ -271,11 +301,30 @@ def linear_cross_entropy(
       gradients_in_forward: ``None`` (automatic: on for ``"mean"`` and ``"sum"``), ``True``
         (``"none"`` raises ``ValueError``) or ``False`` to force the recompute path, e.g. when
         ``w`` is so large that a second ``[D, V]`` buffer should not be held.
+      token_weights: optional per-token weights :math:`\omega` of ``labels``' shape ``[...]``,
+        floating point, or bool as a loss mask (``True`` counts); cast to the loss's dtype.
+        They are constants: no gradient flows into them (their cotangent is zero). One
+        per-token vector costs nothing next to the matmuls, unlike weighting the output of
+        ``reduction="none"``.
+      return_aux: if ``True``, also return a :class:`LinearCrossEntropyAux` computed in the
+        same pass: ``lse`` per token (``labels``' shape), the ``z_loss`` part alone reduced like
+        the loss (so ``loss - aux.z_loss`` is the cross-entropy part), ``num_tokens``
+        :math:`\sum_n \omega_n` (the mean's divisor before its guard against 0) and
+        ``accuracy``, :math:`\omega_n [\arg\max_c z_{nc} = y_n]` reduced like the loss (the
+        weighted fraction of tokens predicted right for ``"mean"``, their weighted count for
+        ``"sum"``; ties go to the first maximal class, as ``jnp.argmax``). The argmax is
+        over the logits the loss sees (after soft-capping), kept as a running maximum and its
+        index per token across vocabulary blocks. The auxiliary outputs carry no gradient: the
+        cotangents given to them are ignored (``jax.value_and_grad(..., has_aux=True)``).
+      w_layout: ``"dv"`` (``w`` is ``[D, V]``) or ``"vd"`` (``w`` is ``[V, D]``: PyTorch's
+        ``nn.Linear`` weight, a tied embedding table); ``"vd"`` is contracted on its last axis
+        by the block matmuls without a transposed copy, and its gradient is ``[V, D]`` too.
 
     Returns:
       A scalar for ``"mean"``/``"sum"``; the per-token losses of ``labels``' shape for
       ``"none"``. float32 for float16/bfloat16/float32 inputs, float64 for float64 (as
-      :func:`jsoftmax.cross_entropy`); the gradients have the inputs' dtypes.
+      :func:`jsoftmax.cross_entropy`); the gradients have the inputs' dtypes. With
+      ``return_aux=True`` the pair ``(loss, aux)``, every field of ``aux`` in the loss's dtype.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -292,6 +341,15 @@ def linear_cross_entropy(
       >>> print(dx.shape, dw.shape)
       (6, 4) (4, 10)
 
+      A loss mask, the auxiliary outputs and a ``[V, D]`` weight:
+
+      >>> mask = jnp.array([True, True, False, True, True, True])
+      >>> loss, aux = jsoftmax.linear_cross_entropy(
+      ...     x, w.T, labels, token_weights=mask, return_aux=True, w_layout="vd")
+      >>> ref = -jnp.sum(jax.nn.log_softmax(x @ w)[jnp.arange(6), labels] * mask) / 5
+      >>> print(jnp.allclose(loss, ref, rtol=1e-5), aux.num_tokens, aux.lse.shape)
+      True 5.0 (6,)
+
     Notes:
       * A ``NaN`` or ``+inf`` logit (from non-finite values in ``x``, ``w`` or ``bias``) makes
         the affected tokens' losses ``NaN``; other tokens are unaffected under
@@ -300,7 +358,14 @@ def linear_cross_entropy(
         (the label's class, or any class with ``label_smoothing > 0``), where it is ``+inf``.
       * Out-of-range labels (not in ``[0, V)`` and not ``ignore_index``) raise ``ValueError``
         when ``labels`` is concrete; under ``jit`` they give a ``NaN`` loss for that token (and
-        ``NaN`` gradients), never a finite wrong number.
+        ``NaN`` gradients), never a finite wrong number, even where its token weight is 0.
+      * A token of weight 0 (or a masked one) scores 0 even where its label's logit is
+        ``-inf``; its features still enter the matmuls, so ``NaN`` features give ``NaN``
+        gradients, as for an ignored token. ``NaN`` weights give ``NaN``; weights of
+        contributing tokens that sum to 0 make ``"mean"`` divide by 0 (±inf or ``NaN``).
+      * In ``aux``, ``z_loss`` and ``accuracy`` are ``NaN`` for the tokens whose loss is ``NaN``
+        (out-of-range labels, ``NaN`` logits); ``lse`` is the row's logsumexp whatever the
+        label (ignored tokens included).
       * Reverse mode to any order (``grad``, grad-of-grad) and forward-over-reverse (Hessian
         products) work; forward mode applied directly (``jax.jvp``, ``jax.jacfwd``) does not,
         as for every ``jax.custom_vjp``.
@@ -346,9 +411,13 @@ def linear_cross_entropy(
         fn=fn,
         num_shards=1,
         axis_name=None,
+        return_aux=return_aux,
+        w_layout=w_layout,
     )
     check_labels_in_range(labels, opts.num_classes, opts.ignore_index, fn)
-    return chunked_xent(x, w, bias, labels, opts, token_shape)
+    tw = as_token_weights(token_weights, token_shape, compute_dtype(x.dtype), fn)
+    tw = None if tw is None else tw.reshape(labels.shape)
+    return chunked_xent(x, w, bias, labels, opts, token_shape, token_weights=tw)
 
 
 def prepare_linear_inputs(
@@ -367,24 +436,42 @@ def prepare_linear_inputs(
     fn: str,
     num_shards: int,
     axis_name: str | None,
+    return_aux: bool = False,
+    w_layout: str = "dv",
 ):
     """Validate and canonicalise the arguments; returns ``(x2d, w, bias, labels1d, options)``.
 
     ``num_shards`` is how many vocabulary shards ``w`` is split into (1 on one device); chunk
-    sizes are chosen for one shard's ``[D, V / num_shards]``.
+    sizes are chosen for one shard's ``V / num_shards`` classes. ``token_weights`` are checked
+    apart (``as_token_weights``), so that this returns the same five things with or without.
     """
     x = as_float_array(x, "x", fn)
     w = as_float_array(w, "w", fn)
+    if not isinstance(w_layout, str):
+        raise TypeError(f"{fn}: w_layout must be 'dv' or 'vd'; got {w_layout!r}")
+    if w_layout not in ("dv", "vd"):
+        raise ValueError(
+            f"{fn}: w_layout must be 'dv' (w is [D, V]) or 'vd' (w is [V, D]); got {w_layout!r}"
+        )
+    if not isinstance(return_aux, (bool, np.bool_)):
+        raise TypeError(f"{fn}: return_aux must be True or False; got {return_aux!r}")
+    # the layout is named in messages only where it is not the default
+    layout = "[D, V]" if w_layout == "dv" else "[V, D] (w_layout='vd')"
     if x.ndim < 1:
         raise ValueError(f"{fn}: x must have shape [..., D]; got a scalar")
     if w.ndim != 2:
-        raise ValueError(f"{fn}: w must have shape [D, V]; got shape {w.shape}")
-    if x.shape[-1] != w.shape[0]:
-        raise ValueError(
-            f"{fn}: x [..., D] and w [D, V] must agree on D; got x {x.shape} and w {w.shape} "
-            "(pass a [V, D] embedding table as table.T)"
+        raise ValueError(f"{fn}: w must have shape {layout}; got shape {w.shape}")
+    d, v = w.shape if w_layout == "dv" else w.shape[::-1]
+    if x.shape[-1] != d:
+        hint = (
+            "pass a [V, D] weight with w_layout='vd'"
+            if w_layout == "dv"
+            else "pass a [D, V] weight with w_layout='dv'"
         )
-    d, v = w.shape
+        raise ValueError(
+            f"{fn}: x [..., D] and w {layout} must agree on D; got x "
+            f"{x.shape} and w {w.shape} ({hint})"
+        )
     if v == 0:
         raise ValueError(f"{fn}: w must have at least one class (V >= 1); got shape {w.shape}")
     arrays = [x, w]
@@ -427,15 +514,45 @@ def prepare_linear_inputs(
         explicit = None if chunk_size is None or isinstance(chunk_size, int) else chunk_size[0]
         fused = _fused_token_chunk(n, v // num_shards, compute_dtype(dtype), explicit)
     opts = ChunkedXentOptions(
-        tn, tv, v, ignore_index, xent, softcap, reduction, axis_name, fused, jnp.dtype(dtype)
+        tn,
+        tv,
+        v,
+        ignore_index,
+        xent,
+        softcap,
+        reduction,
+        axis_name,
+        fused,
+        jnp.dtype(dtype),
+        bool(return_aux),
+        w_layout,
     )
     return x.reshape(n, d), w, bias, labels.reshape(n), opts
 
 
-def chunked_xent(x, w, bias, labels, opts: ChunkedXentOptions, token_shape: tuple[int, ...]):
-    """The loss of 2-D ``x [N, D]`` and 1-D ``labels [N]``; ``"none"`` gets ``token_shape``."""
-    out = _lce(x, w, bias, labels, opts)
-    return out.reshape(token_shape) if opts.reduction == "none" else out
+def chunked_xent(
+    x,
+    w,
+    bias,
+    labels,
+    opts: ChunkedXentOptions,
+    token_shape: tuple[int, ...],
+    token_weights=None,
+):
+    """The loss of 2-D ``x [N, D]`` and 1-D ``labels [N]``; ``"none"`` gets ``token_shape``.
+
+    ``token_weights``: None or ``[N]`` in the compute dtype (``as_token_weights``). With
+    ``opts.return_aux``, ``(loss, LinearCrossEntropyAux)``, per-token fields in ``token_shape``.
+    """
+    out = _lce(x, w, bias, labels, token_weights, opts)
+    per_token = lambda a: a.reshape(token_shape)  # noqa: E731
+    if not opts.return_aux:
+        return per_token(out) if opts.reduction == "none" else out
+    loss, aux = out
+    if opts.reduction == "none":
+        loss = per_token(loss)
+        aux = aux._replace(z_loss=per_token(aux.z_loss), accuracy=per_token(aux.accuracy))
+    return loss, aux._replace(lse=per_token(aux.lse))
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,10 +577,28 @@ def _block_starts(k: jax.Array, nt: int, tn: int, tv: int, n: int, v: int):
     return row0, col0, new_rows, new_cols, col_nominal - col0
 
 
-def _block_logits(x_blk, w_blk, b_blk, softcap, cdt):
+def _local_classes(w, opts: ChunkedXentOptions) -> int:
+    """The number of classes ``w`` holds (this shard's, with the vocabulary sharded)."""
+    return w.shape[1] if opts.w_layout == "dv" else w.shape[0]
+
+
+def _w_block(w, col0, tv: int, opts: ChunkedXentOptions):
+    """Classes ``[col0, col0 + tv)`` of ``w``: ``[D, tv]`` (``"dv"``) or ``[tv, D]`` (``"vd"``)."""
+    return lax.dynamic_slice_in_dim(w, col0, tv, 1 if opts.w_layout == "dv" else 0)
+
+
+def _dx_block(dzm, w_blk, cdt, w_layout: str):
+    """``z̄ wᵀ [tn, D]``, contracting ``w``'s class axis wherever it is (no transposed copy)."""
+    dims = (((1,), (1,)), ((), ())) if w_layout == "dv" else (((1,), (0,)), ((), ()))
+    return lax.dot_general(dzm, w_blk, dims, preferred_element_type=cdt)
+
+
+def _block_logits(x_blk, w_blk, b_blk, softcap, cdt, w_layout: str = "dv"):
     """Logits ``z`` of one block in the compute dtype, and ``tanh(s/c)`` under soft-capping."""
-    # float32 accumulation even for bfloat16/float16 operands
-    s = lax.dot_general(x_blk, w_blk, (((1,), (0,)), ((), ())), preferred_element_type=cdt)
+    # float32 accumulation even for bfloat16/float16 operands; a [V, D] w is contracted on its
+    # feature axis directly
+    dims = (((1,), (0,)), ((), ())) if w_layout == "dv" else (((1,), (1,)), ((), ()))
+    s = lax.dot_general(x_blk, w_blk, dims, preferred_element_type=cdt)
     if b_blk is not None:
         s = s + b_blk.astype(cdt)[None, :]
     if softcap is None:
@@ -495,13 +630,17 @@ def _float16_operand(dz, bound):
     return (dz * up).astype(jnp.float16), down
 
 
-def _dz_bound(terms: UniformWeightTerms, smooth: bool):
+def _dz_bound(terms: UniformWeightTerms, smooth: bool, signed: bool = False):
     """Per token, the largest ``|coef · p − a · onehot − share|`` over ``p ∈ [0, 1]``.
 
-    ``a`` and ``share`` are never negative; with ``coef ≥ 0`` the entry lies in
-    ``[−a − share, coef]``, else ``|coef| + a + share`` bounds it. Soft-capping's ``1 − t²``
-    only shrinks it.
+    ``a`` and ``share`` are never negative without token weights; with ``coef ≥ 0`` the entry
+    lies in ``[−a − share, coef]``, else ``|coef| + a + share`` bounds it. With token weights
+    (``signed``: they may be negative) ``|coef| + |a| + |share|`` bounds it. Soft-capping's
+    ``1 − t²`` only shrinks it.
     """
+    if signed:
+        a = jnp.abs(terms.a) + jnp.abs(terms.share) if smooth else jnp.abs(terms.a)
+        return jnp.abs(terms.coef) + a
     a = terms.a + terms.share if smooth else terms.a
     return jnp.where(terms.coef >= 0, jnp.maximum(terms.coef, a), jnp.abs(terms.coef) + a)
 
@@ -524,17 +663,45 @@ def _varying(tree, opts: ChunkedXentOptions):
     return lax.pcast(tree, opts.axis_name, to="varying")
 
 
+def _combined_argmax(arg, m_loc, m, opts: ChunkedXentOptions, v_loc: int):
+    """The global argmax per token from this shard's ``arg`` (local index) and max ``m_loc``.
+
+    ``m`` is the global max (``pmax`` of ``m_loc``); of the shards attaining it, the smallest
+    global index wins (``pmin``), as ``jnp.argmax`` takes the first maximal class.
+    """
+    if opts.axis_name is None:
+        return arg
+    cand = jnp.where(m_loc == m, arg + _vocab_offset(opts, v_loc), opts.num_classes)
+    return lax.pmin(cand, opts.axis_name)
+
+
+def _aux_token_terms(m, log_s, arg, labels, terms: UniformWeightTerms, opts: ChunkedXentOptions):
+    """Per token: ``lse``, the z-loss part ``λ ω lse²`` and ``ω [argmax = y]`` (``arg`` global).
+
+    The last two are NaN where the token's loss is (an out-of-range label, NaN logits): a
+    wrong label must not look like a miss.
+    """
+    lse = m + log_s
+    nan = jnp.isnan(terms.loss)
+    zl = jnp.zeros_like(lse)
+    if opts.xent.z_loss:
+        zl = jnp.where(nan, jnp.nan, z_loss_term(lse, terms.omega, opts.xent.z_loss))
+    acc = jnp.where(nan, jnp.nan, jnp.where(arg == labels, terms.omega, 0))
+    return lse, zl, acc
+
+
 def _token_stats(x, w, bias, labels, opts: ChunkedXentOptions):
-    """Per-token ``(m, log_s, z_target, z_sum)`` over all classes (all shards), by blocks.
+    """Per-token ``(m, log_s, z_target, z_sum, argmax)`` over all classes (all shards), by blocks.
 
     ``lse = m + log_s``; the two are returned apart because the backward pass needs them apart
     (see :func:`_lce_bwd`).
 
     ``z_sum`` is ``Σ_c (z_c − m)``, the logit sum relative to the shift (so the smoothing term
     ``lse − z̄ = log_s − z_sum / V`` never subtracts two large numbers); it is only computed
-    (else 0) when label smoothing needs it.
+    (else 0) when label smoothing needs it. ``argmax`` (the global index of each token's first
+    maximal logit) is only computed with ``opts.return_aux``, else None.
     """
-    n, v_loc = x.shape[0], w.shape[1]
+    n, v_loc = x.shape[0], _local_classes(w, opts)
     cdt = compute_dtype(x.dtype)
     tn, tv = opts.token_chunk, min(opts.vocab_chunk, v_loc)
     nt, nv = -(-n // tn), -(-v_loc // tv)
@@ -543,19 +710,28 @@ def _token_stats(x, w, bias, labels, opts: ChunkedXentOptions):
     lowest = jnp.finfo(cdt).min
 
     def body(k, carry):
-        m, s, zy, zs = carry
+        m, s, zy, zs, arg = carry
         row0, col0, new_rows, new_cols, first_new = _block_starts(k, nt, tn, tv, n, v_loc)
         x_blk = lax.dynamic_slice_in_dim(x, row0, tn, 0)
-        w_blk = lax.dynamic_slice_in_dim(w, col0, tv, 1)
+        w_blk = _w_block(w, col0, tv, opts)
         b_blk = None if bias is None else lax.dynamic_slice_in_dim(bias, col0, tv, 0)
-        z, _ = _block_logits(x_blk, w_blk, b_blk, opts.softcap, cdt)
+        z, _ = _block_logits(x_blk, w_blk, b_blk, opts.softcap, cdt, opts.w_layout)
         # columns already seen by the previous block take part as -inf: exp gives exactly 0
         zm = jnp.where(new_cols[None, :], z, -jnp.inf)
         m_old = lax.dynamic_slice_in_dim(m, row0, tn)
         s_old = lax.dynamic_slice_in_dim(s, row0, tn)
         # online logsumexp: raise the running max, rescale the old sum to it, add the new terms.
         # The max carries no gradient: lse = m + log Σ exp(z − m) is exact for any constant m.
-        m_new = lax.stop_gradient(jnp.maximum(m_old, jnp.max(zm, axis=1)))
+        m_blk = jnp.max(zm, axis=1)
+        m_new = lax.stop_gradient(jnp.maximum(m_old, m_blk))
+        if arg is not None:
+            # the running argmax moves only to a strictly larger maximum: blocks come in class
+            # order and jnp.argmax takes a block's first maximum, so ties keep the first class
+            a_old = lax.dynamic_slice_in_dim(arg, row0, tn)
+            a_new = jnp.where(
+                m_blk > m_old, col0 + jnp.argmax(zm, axis=1).astype(a_old.dtype), a_old
+            )
+            arg = lax.dynamic_update_slice_in_dim(arg, jnp.where(new_rows, a_new, a_old), row0, 0)
         s_new = s_old * jnp.exp(m_old - m_new) + jnp.sum(jnp.exp(zm - m_new[:, None]), axis=1)
         # the target logit, if this block holds the label's (new) column
         yc = y_local[row0 + jnp.arange(tn)] - col0
@@ -578,25 +754,31 @@ def _token_stats(x, w, bias, labels, opts: ChunkedXentOptions):
         zy = upd(zy, lax.dynamic_slice_in_dim(zy, row0, tn) + zy_blk)
         if smooth:
             zs = upd(zs, lax.dynamic_slice_in_dim(zs, row0, tn) + zs_blk)
-        return m, s, zy, zs
+        return m, s, zy, zs, arg
 
     # the running max starts at the lowest finite value, so exp(m_old − m_new) is 0, not NaN
     init = (jnp.full((n,), lowest, cdt), jnp.zeros((n,), cdt), jnp.zeros((n,), cdt))
-    init = (*init, jnp.zeros((n,), cdt))
-    m, s, zy, zs = lax.fori_loop(0, nt * nv, body, _varying(init, opts))
+    # a row of -inf logits never moves its argmax from 0, jnp.argmax's answer too
+    arg0 = jnp.zeros((n,), jnp.int32) if opts.return_aux else None
+    init = (*init, jnp.zeros((n,), cdt), arg0)
+    m, s, zy, zs, arg = lax.fori_loop(0, nt * nv, body, _varying(init, opts))
     if opts.axis_name is not None:
         # combine the shards: the global max, the sums rescaled to it, the target logit (held
         # by exactly one shard, 0 elsewhere) and the smoothing sum
         m_all = lax.pmax(lax.stop_gradient(m), opts.axis_name)
+        if arg is not None:
+            arg = _combined_argmax(arg, m, m_all, opts, v_loc)
         s = lax.psum(s * jnp.exp(m - m_all), opts.axis_name)
         if smooth:  # each shard's v_loc logits re-referenced from its own max to the global one
             zs = lax.psum(zs + v_loc * (m - m_all), opts.axis_name)
         m = m_all
         zy = lax.psum(zy, opts.axis_name)
-    return m, jnp.log(s), zy, zs
+    return m, jnp.log(s), zy, zs, arg
 
 
-def _token_terms(m, log_s, zy, zs, labels, opts: ChunkedXentOptions) -> UniformWeightTerms:
+def _token_terms(
+    m, log_s, zy, zs, labels, opts: ChunkedXentOptions, token_weights=None
+) -> UniformWeightTerms:
     """The engine's per-token loss and gradient coefficients over all ``V`` classes."""
     return uniform_weight_terms(
         m,
@@ -607,20 +789,37 @@ def _token_terms(m, log_s, zy, zs, labels, opts: ChunkedXentOptions) -> UniformW
         num_classes=opts.num_classes,
         ignore_index=opts.ignore_index,
         options=opts.xent,
+        token_weights=token_weights,
     )
 
 
-def _loss_value(x, w, bias, labels, opts: ChunkedXentOptions):
-    """``(loss, (m, log_s, divisor))``: the reduced loss and what the backward pass needs."""
+def _reduce_aux(lse, zl, acc, omega, divisor, reduction: str) -> LinearCrossEntropyAux:
+    """The auxiliary outputs from their per-token values, reduced like the loss."""
+    if reduction == "sum":
+        zl, acc = jnp.sum(zl), jnp.sum(acc)
+    elif reduction == "mean":
+        zl, acc = jnp.sum(zl) / divisor, jnp.sum(acc) / divisor
+    return LinearCrossEntropyAux(lse, zl, jnp.sum(omega), acc)
+
+
+def _loss_value(x, w, bias, labels, tw, opts: ChunkedXentOptions):
+    """``(out, (m, log_s, divisor))``: the reduced loss (and aux) and what the backward needs."""
     out_dtype = compute_dtype(x.dtype)  # float32 for half-precision inputs, as cross_entropy
     if x.shape[0] == 0:  # no tokens: nothing to chunk
         loss = jnp.zeros((0,), out_dtype)
         out, divisor = reduce_token_losses(loss, loss, opts.reduction)
+        if opts.return_aux:
+            out = (out, _reduce_aux(loss, loss, loss, loss, divisor, opts.reduction))
         return out, (loss, loss, divisor)
-    m, log_s, zy, zs = _token_stats(x, w, bias, labels, opts)
-    terms = _token_terms(m, log_s, zy, zs, labels, opts)
+    m, log_s, zy, zs, arg = _token_stats(x, w, bias, labels, opts)
+    terms = _token_terms(m, log_s, zy, zs, labels, opts, tw)
     out, divisor = reduce_token_losses(terms.loss, terms.omega, opts.reduction)
-    return out.astype(out_dtype), (m, log_s, divisor)
+    out = out.astype(out_dtype)
+    if opts.return_aux:
+        lse, zl, acc = _aux_token_terms(m, log_s, arg, labels, terms, opts)
+        aux = _reduce_aux(lse, zl, acc, terms.omega, divisor, opts.reduction)
+        out = (out, jax.tree.map(lambda a: lax.stop_gradient(a.astype(out_dtype)), aux))
+    return out, (m, log_s, divisor)
 
 
 # --------------------------------------------------------------------------------------------
@@ -628,23 +827,23 @@ def _loss_value(x, w, bias, labels, opts: ChunkedXentOptions):
 # --------------------------------------------------------------------------------------------
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _lce(x, w, bias, labels, opts):
-    return _loss_value(x, w, bias, labels, opts)[0]
+@partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _lce(x, w, bias, labels, token_weights, opts):
+    return _loss_value(x, w, bias, labels, token_weights, opts)[0]
 
 
-def _lce_fwd(x, w, bias, labels, opts):
+def _lce_fwd(x, w, bias, labels, token_weights, opts):
     if opts.fused_token_chunk is not None:
         # residuals: the gradients for a unit cotangent, scaled in the backward pass
-        return _fused_value_and_grads(x, w, bias, labels, opts)
-    out, (m, log_s, divisor) = _loss_value(x, w, bias, labels, opts)
-    # residuals: the inputs and two floats per token (the shift m and log Σ exp(z − m), kept
-    # apart rather than summed to lse) and the mean's divisor; the logits are recomputed in
-    # the backward pass
-    return out, (x, w, bias, labels, m, log_s, divisor)
+        return _fused_value_and_grads(x, w, bias, labels, token_weights, opts)
+    out, (m, log_s, divisor) = _loss_value(x, w, bias, labels, token_weights, opts)
+    # residuals: the inputs (token weights too, if any) and two floats per token (the shift m
+    # and log Σ exp(z − m), kept apart rather than summed to lse) and the mean's divisor; the
+    # logits are recomputed in the backward pass
+    return out, (x, w, bias, labels, token_weights, m, log_s, divisor)
 
 
-def _fused_value_and_grads(x, w, bias, labels, opts: ChunkedXentOptions):
+def _fused_value_and_grads(x, w, bias, labels, tw, opts: ChunkedXentOptions):
     """The reduced loss and ``(dx, dw, dbias)`` for a unit cotangent, in one pass over tokens.
 
     Each block of ``tn`` tokens forms its logits over the whole (local) vocabulary once: their
@@ -652,12 +851,13 @@ def _fused_value_and_grads(x, w, bias, labels, opts: ChunkedXentOptions):
     ``1 − t²`` under soft-capping), then ``x̄ = z̄ wᵀ`` and ``w̄ += xᵀ z̄``: three ``[N, D] ×
     [D, V]``-sized matmuls in all, against four for the recompute path, which forms every
     logit twice. ``G`` is 1 for ``"sum"`` and ``1 / Σω`` for ``"mean"`` (known from the labels
-    alone: ω is 1 for a token that is not ignored). With the vocabulary sharded, the per-token
-    statistics are combined with ``pmax``/``psum`` before ``z̄`` is formed, and ``x̄`` is summed
-    over the shards at the end.
+    and token weights alone: ω is the weight of a token that is not ignored, else 0). With the
+    vocabulary sharded, the per-token statistics are combined with ``pmax``/``psum`` before
+    ``z̄`` is formed, and ``x̄`` is summed over the shards at the end. With ``return_aux`` the
+    loss is ``(loss, aux)``; each block's argmax is taken over its whole (local) vocabulary.
     """
     n, d = x.shape
-    v_loc = w.shape[1]
+    v_loc = _local_classes(w, opts)
     cdt = compute_dtype(x.dtype)
     tn = opts.fused_token_chunk
     nt = -(-n // tn)
@@ -666,16 +866,22 @@ def _fused_value_and_grads(x, w, bias, labels, opts: ChunkedXentOptions):
     y_local = labels - _vocab_offset(opts, v_loc)
     cols = jnp.arange(v_loc)
     valid = labels != opts.ignore_index if opts.ignore_index is not None else None
-    omega_sum = jnp.sum(valid, dtype=cdt) if valid is not None else jnp.asarray(n, cdt)
-    # the engine's divisor of "mean" (1 for "sum"); with ω ∈ {0, 1}, a token contributes
-    # exactly when it is not ignored, so nothing contributes exactly when Σω = 0
-    divisor = mean_divisor(omega_sum, omega_sum > 0) if opts.reduction == "mean" else 1
+    if tw is None:
+        omega_sum = jnp.sum(valid, dtype=cdt) if valid is not None else jnp.asarray(n, cdt)
+        # with ω ∈ {0, 1}, a token contributes exactly when it is not ignored, so nothing
+        # contributes exactly when Σω = 0
+        contributes = omega_sum > 0
+    else:
+        omega = tw if valid is None else jnp.where(valid, tw, 0)
+        omega_sum, contributes = jnp.sum(omega), jnp.any(omega != 0)
+    # the engine's divisor of "mean" (1 for "sum")
+    divisor = mean_divisor(omega_sum, contributes) if opts.reduction == "mean" else 1
     scale = jnp.asarray(1 / divisor, cdt)
     mm_dtype = x.dtype  # the matmuls take the operands' dtype and accumulate in cdt
     float16 = x.dtype == jnp.float16  # z̄ is scaled into float16's range (_float16_operand)
 
     def body(i, carry):
-        total, dx, dw, db = carry
+        total, dx, dw, db, aux = carry
         row_nominal = i * tn
         row0 = jnp.minimum(row_nominal, n - tn)
         # the last block is shifted back to end at the edge; rows it shares with the previous
@@ -683,11 +889,10 @@ def _fused_value_and_grads(x, w, bias, labels, opts: ChunkedXentOptions):
         new_rows = row0 + jnp.arange(tn) >= row_nominal
         x_blk = lax.dynamic_slice_in_dim(x, row0, tn, 0)
         y_blk = lax.dynamic_slice_in_dim(y_local, row0, tn, 0)
-        z, t = _block_logits(x_blk, w, bias, opts.softcap, cdt)
+        z, t = _block_logits(x_blk, w, bias, opts.softcap, cdt, opts.w_layout)
         # the shift: the row max over every class (all shards), a constant
-        m = lax.stop_gradient(jnp.max(z, axis=1))
-        if axis is not None:
-            m = lax.pmax(m, axis)
+        m_loc = lax.stop_gradient(jnp.max(z, axis=1))
+        m = m_loc if axis is None else lax.pmax(m_loc, axis)
         xs = z - m[:, None]
         e = jnp.exp(xs)
         s = jnp.sum(e, axis=1)
@@ -704,6 +909,7 @@ def _fused_value_and_grads(x, w, bias, labels, opts: ChunkedXentOptions):
             zs = lax.psum(zs, axis) if smooth else None
         log_s = jnp.log(s)
         labels_blk = lax.dynamic_slice_in_dim(labels, row0, tn, 0)
+        tw_blk = None if tw is None else lax.dynamic_slice_in_dim(tw, row0, tn, 0)
         terms = uniform_weight_terms(
             m,
             log_s,
@@ -713,9 +919,21 @@ def _fused_value_and_grads(x, w, bias, labels, opts: ChunkedXentOptions):
             num_classes=opts.num_classes,
             ignore_index=opts.ignore_index,
             options=opts.xent,
+            token_weights=tw_blk,
         )
         g = jnp.where(new_rows, scale, 0)
         total = total + jnp.sum(jnp.where(new_rows, terms.loss, 0))
+        if aux is not None:
+            lse_all, zl_tot, acc_tot = aux
+            arg = _combined_argmax(jnp.argmax(z, axis=1), m_loc, m, opts, v_loc)
+            lse, zl, acc = _aux_token_terms(m, log_s, arg, labels_blk, terms, opts)
+            old_lse = lax.dynamic_slice_in_dim(lse_all, row0, tn, 0)
+            lse_all = lax.dynamic_update_slice_in_dim(
+                lse_all, jnp.where(new_rows, lse, old_lse), row0, 0
+            )
+            zl_tot = zl_tot + jnp.sum(jnp.where(new_rows, zl, 0))
+            acc_tot = acc_tot + jnp.sum(jnp.where(new_rows, acc, 0))
+            aux = lse_all, zl_tot, acc_tot
         # z̄ = G (coef · p − a · onehot − share), with p = e / s kept in the block
         dz = (g * terms.coef / s)[:, None] * e - jnp.where(onehot, (g * terms.a)[:, None], 0)
         if smooth:
@@ -723,16 +941,22 @@ def _fused_value_and_grads(x, w, bias, labels, opts: ChunkedXentOptions):
         if t is not None:
             dz = dz * (1 - t * t)  # d/ds [c tanh(s/c)] = 1 − tanh²(s/c)
         if float16:
-            dzm, down = _float16_operand(dz, g * _dz_bound(terms, smooth))
+            dzm, down = _float16_operand(dz, g * _dz_bound(terms, smooth, tw is not None))
         else:
             dzm, down = dz.astype(mm_dtype), None
-        dx_blk = lax.dot_general(dzm, w, (((1,), (1,)), ((), ())), preferred_element_type=cdt)
-        # w̄ += x_blkᵀ z̄ with the block transposed first, behind a barrier so XLA does not fold
-        # the transpose back into the contraction: XLA's CPU backend runs a [D, tn] × [tn, V]
-        # product in its fast matmul library, and the one contracting x_blk's leading axis in
-        # a slower generic dot (one [1024, 512] × [512, 65536] block: 390 against 450 ms)
-        x_t = lax.optimization_barrier(x_blk.T)
-        dw_blk = lax.dot_general(x_t, dzm, (((1,), (0,)), ((), ())), preferred_element_type=cdt)
+        dx_blk = _dx_block(dzm, w, cdt, opts.w_layout)
+        if opts.w_layout == "dv":
+            # w̄ += x_blkᵀ z̄ with the block transposed first, behind a barrier so XLA does not
+            # fold the transpose back into the contraction: XLA's CPU backend runs a [D, tn] ×
+            # [tn, V] product in its fast matmul library, and the one contracting x_blk's
+            # leading axis in a slower generic dot (one [1024, 512] × [512, 65536] block: 390
+            # against 450 ms)
+            x_t = lax.optimization_barrier(x_blk.T)
+            dw_blk = lax.dot_general(x_t, dzm, (((1,), (0,)), ((), ())), preferred_element_type=cdt)
+        else:  # w̄ [V, D] += z̄ᵀ x_blk, contracting the token axis of both
+            dw_blk = lax.dot_general(
+                dzm, x_blk, (((0,), (0,)), ((), ())), preferred_element_type=cdt
+            )
         if down is not None:  # undo float16's scaling (exact: a power of two)
             dx_blk, dw_blk = dx_blk * down, dw_blk * down
         dw = dw + dw_blk
@@ -740,24 +964,31 @@ def _fused_value_and_grads(x, w, bias, labels, opts: ChunkedXentOptions):
         dx = lax.dynamic_update_slice_in_dim(dx, jnp.where(new_rows[:, None], dx_blk, old), row0, 0)
         if db is not None:
             db = db + jnp.sum(dz, axis=0)
-        return total, dx, dw, db
+        return total, dx, dw, db, aux
 
     grads = (
         jnp.zeros((n, d), cdt),
         jnp.zeros(w.shape, cdt),
         None if bias is None else jnp.zeros(bias.shape, cdt),
     )
-    # the loss total is the same on every shard (it is made of combined statistics); the
-    # gradient carries pick up shard-dependent values
-    init = (jnp.zeros((), cdt), *_varying(grads, opts))
-    total, dx, dw, db = lax.fori_loop(0, nt, body, init)
+    aux0 = None
+    if opts.return_aux:  # per-token lse, and the totals of the z-loss part and of the hits
+        aux0 = (jnp.zeros((n,), cdt), jnp.zeros((), cdt), jnp.zeros((), cdt))
+    # the loss total (and aux) is the same on every shard (it is made of combined statistics);
+    # the gradient carries pick up shard-dependent values
+    init = (jnp.zeros((), cdt), *_varying(grads, opts), aux0)
+    total, dx, dw, db, aux = lax.fori_loop(0, nt, body, init)
     if axis is not None:
         dx = lax.psum(dx, axis)  # each shard holds its classes' share of x̄
-    out = total / divisor
+    out = (total / divisor).astype(cdt)
+    if aux is not None:
+        lse_all, zl_tot, acc_tot = aux
+        aux = LinearCrossEntropyAux(lse_all, zl_tot / divisor, omega_sum, acc_tot / divisor)
+        out = (out, jax.tree.map(lambda a: lax.stop_gradient(a.astype(cdt)), aux))
     # the gradients stay in the compute dtype (float32 for half precision) until the backward
     # pass has scaled them: rounded now, a float16 dw would lose what a loss scale of 65536
     # brings back into range, and overflow where a large "sum" is divided by N afterwards
-    return out.astype(cdt), (dx, dw, db)
+    return out, (dx, dw, db)
 
 
 def _lce_bwd(opts: ChunkedXentOptions, res, g):
@@ -766,24 +997,28 @@ def _lce_bwd(opts: ChunkedXentOptions, res, g):
     # share = ε ω / V; 0 for an ignored token, NaN for an out-of-range label), per block:
     #   z̄ = G ⊙ [coef · p − a · onehot(y) − share] ⊙ (1 − t²)   (t² only with softcap)
     #   x̄ += z̄ wᵀ,   w̄ += xᵀ z̄,   b̄ += Σ_n z̄_n
-    # and, with the vocabulary sharded, x̄ is summed over the shards.
+    # and, with the vocabulary sharded, x̄ is summed over the shards. Token weights ω enter
+    # through coef, a and share, and get no cotangent (they are constants); neither do the
+    # auxiliary outputs, whose cotangents are dropped here.
+    if opts.return_aux:
+        g = g[0]
     if opts.fused_token_chunk is not None:
         # the gradients were formed in the forward pass for a unit cotangent, in the compute
         # dtype: scale them, then round to the inputs' dtype
         out_dtype = opts.param_dtype or res[0].dtype
         g = g.astype(res[0].dtype)
         dx, dw, db = (None if a is None else (g * a).astype(out_dtype) for a in res)
-        return dx, dw, db, None
-    x, w, bias, labels, m, log_s, divisor = res
+        return dx, dw, db, None, None
+    x, w, bias, labels, tw, m, log_s, divisor = res
     n, d = x.shape
-    v_loc = w.shape[1]
+    v_loc = _local_classes(w, opts)
     cdt = compute_dtype(x.dtype)
     if n == 0:
         zero_b = None if bias is None else jnp.zeros_like(bias)
-        return jnp.zeros_like(x), jnp.zeros_like(w), zero_b, None
+        return jnp.zeros_like(x), jnp.zeros_like(w), zero_b, None, None
     # the terms do not depend on the target logit or the logit sum: zeros stand in for them
     zeros = jnp.zeros_like(m)
-    terms = _token_terms(m, log_s, zeros, zeros, labels, opts)
+    terms = _token_terms(m, log_s, zeros, zeros, labels, opts, tw)
     gn = jnp.broadcast_to(g.astype(cdt) / divisor, (n,))
     smooth = opts.xent.label_smoothing > 0
     tn, tv = opts.token_chunk, min(opts.vocab_chunk, v_loc)
@@ -797,9 +1032,9 @@ def _lce_bwd(opts: ChunkedXentOptions, res, g):
         row0, col0, new_rows, new_cols, _ = _block_starts(k, nt, tn, tv, n, v_loc)
         rows = row0 + jnp.arange(tn)
         x_blk = lax.dynamic_slice_in_dim(x, row0, tn, 0)
-        w_blk = lax.dynamic_slice_in_dim(w, col0, tv, 1)
+        w_blk = _w_block(w, col0, tv, opts)
         b_blk = None if bias is None else lax.dynamic_slice_in_dim(bias, col0, tv, 0)
-        z, t = _block_logits(x_blk, w_blk, b_blk, opts.softcap, cdt)
+        z, t = _block_logits(x_blk, w_blk, b_blk, opts.softcap, cdt, opts.w_layout)
         # rows already handled by the previous token block contribute nothing again
         g_blk = jnp.where(new_rows, gn[rows], 0)
         # The softmax recomputed from the saved statistics (no max or sum needed again). The
@@ -817,19 +1052,27 @@ def _lce_bwd(opts: ChunkedXentOptions, res, g):
         # columns already handled by the previous vocabulary block contribute nothing again
         dz = jnp.where(new_cols[None, :], dz, 0)
         if float16:
-            bound = _dz_bound(jax.tree.map(lambda a: a[rows], terms), smooth)
+            bound = _dz_bound(jax.tree.map(lambda a: a[rows], terms), smooth, tw is not None)
             dzm, down = _float16_operand(dz, jnp.abs(g_blk) * bound)
         else:
             dzm, down = dz.astype(mm_dtype), None
-        dx_blk = lax.dot_general(dzm, w_blk, (((1,), (1,)), ((), ())), preferred_element_type=cdt)
-        dw_blk = lax.dot_general(x_blk, dzm, (((0,), (0,)), ((), ())), preferred_element_type=cdt)
+        dx_blk = _dx_block(dzm, w_blk, cdt, opts.w_layout)
+        if opts.w_layout == "dv":  # [D, tv] = x_blkᵀ z̄
+            dw_blk = lax.dot_general(
+                x_blk, dzm, (((0,), (0,)), ((), ())), preferred_element_type=cdt
+            )
+        else:  # [tv, D] = z̄ᵀ x_blk
+            dw_blk = lax.dot_general(
+                dzm, x_blk, (((0,), (0,)), ((), ())), preferred_element_type=cdt
+            )
         if down is not None:  # undo float16's scaling (exact: a power of two)
             dx_blk, dw_blk = dx_blk * down, dw_blk * down
         dx = lax.dynamic_update_slice_in_dim(
             dx, lax.dynamic_slice_in_dim(dx, row0, tn, 0) + dx_blk, row0, 0
         )
+        w_axis = 1 if opts.w_layout == "dv" else 0
         dw = lax.dynamic_update_slice_in_dim(
-            dw, lax.dynamic_slice_in_dim(dw, col0, tv, 1) + dw_blk, col0, 1
+            dw, lax.dynamic_slice_in_dim(dw, col0, tv, w_axis) + dw_blk, col0, w_axis
         )
         if db is not None:
             db_blk = jnp.sum(dz, axis=0)
@@ -847,7 +1090,7 @@ def _lce_bwd(opts: ChunkedXentOptions, res, g):
     if opts.axis_name is not None:
         dx = lax.psum(dx, opts.axis_name)  # each shard holds its classes' share of x̄
     db = None if db is None else db.astype(bias.dtype)
-    return dx.astype(x.dtype), dw.astype(w.dtype), db, None
+    return dx.astype(x.dtype), dw.astype(w.dtype), db, None, None
 
 
 _lce.defvjp(_lce_fwd, _lce_bwd)

@@ -52,6 +52,7 @@ __all__ = [
     "token_loss",
     "uniform_weight_terms",
     "xmul",
+    "z_loss_term",
 ]
 
 
@@ -117,6 +118,11 @@ def integer_target(
     return IntegerTarget(a, share, tsum + share * wtot, tz + xmul(share, wz_s))
 
 
+def z_loss_term(lse: jax.Array, omega: jax.Array, z_loss: float) -> jax.Array:
+    """The PaLM z-loss ``ζ ω lse²`` of each token, weighted like it (0 where ``ω = 0``)."""
+    return z_loss * xmul(omega, lse * lse)
+
+
 def token_loss(st: TokenStats, z_loss: float) -> tuple[jax.Array, jax.Array]:
     """``(ℓ, coef)``: the per-token loss and the coefficient of ``softmax(z)`` in its gradient.
 
@@ -129,7 +135,7 @@ def token_loss(st: TokenStats, z_loss: float) -> tuple[jax.Array, jax.Array]:
     if z_loss:
         # the PaLM z-loss ζ ω lse², weighted like the token; its gradient adds 2 ζ ω lse · p
         lse = st.m + st.log_s
-        loss = loss + z_loss * xmul(st.omega, lse * lse)
+        loss = loss + z_loss_term(lse, st.omega, z_loss)
         coef = coef + 2 * z_loss * xmul(st.omega, lse)
     return loss, coef
 
@@ -184,7 +190,7 @@ class UniformWeightTerms(NamedTuple):
     coef: jax.Array  # the coefficient of p in ∂ℓ/∂z (NaN for an out-of-range label)
     a: jax.Array  # the one-hot part of t: (1 − ε) ω
     share: jax.Array  # the uniform part of t: ε ω / V
-    omega: jax.Array  # ω: 1 for a token that takes part, 0 for an ignored one
+    omega: jax.Array  # ω: the token's weight (1 unweighted), 0 for an ignored one
 
 
 def uniform_weight_terms(
@@ -197,18 +203,25 @@ def uniform_weight_terms(
     num_classes: int,
     ignore_index: int | None,
     options: XentOptions,
+    token_weights: jax.Array | None = None,
 ) -> UniformWeightTerms:
-    """The engine for integer labels over all ``V = num_classes`` classes, no weights or masks.
+    """The engine for integer labels over all ``V = num_classes`` classes, no class weights.
 
     The chunked and the vocabulary-parallel losses reduce their logits to ``m``, ``log_s``, the
     label's raw logit ``zy`` and ``zs = Σ_c (z_c − m)`` (needed with smoothing only; relative
     to the shift, so that ``ε (lse − z̄) = ε log_s − (ε / V) zs`` has no cancellation). Tokens
-    whose label is ``ignore_index`` take no part (ω = 0); an out-of-range label gives NaN.
+    whose label is ``ignore_index`` take no part (ω = 0); an out-of-range label gives NaN, also
+    with a token weight of 0. ``token_weights`` (labels' shape, or None for 1) is ``ω`` of
+    every token that is not ignored: the whole target, hence the loss ``ω ℓ`` (0 where
+    ``ω = 0``, even where ``ℓ`` is infinite), its z-loss and its share of the mean.
     """
     eps, v = options.label_smoothing, num_classes
     valid = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
     bad = valid & ((labels < 0) | (labels >= v))
-    omega = valid.astype(m.dtype)
+    if token_weights is None:
+        omega = valid.astype(m.dtype)
+    else:  # a select, not a product: an ignored token's weight (even NaN) is never read
+        omega = jnp.where(valid, token_weights.astype(m.dtype), 0)
     share = (eps / v) * omega
     if eps:
         target = integer_target(omega, zy - m, eps, share, v, zs)
