@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,7 @@ from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from jsoftmax._checks import (
+    _LABEL_CHECKS,
     as_float_array,
     check_integer_labels,
     check_labels_in_range,
@@ -38,7 +40,7 @@ from jsoftmax._checks import (
     compute_dtype,
 )
 from jsoftmax._linear_xent import ChunkedXentOptions, chunked_xent, prepare_linear_inputs
-from jsoftmax._xent_engine import reduce_token_losses, uniform_weight_terms
+from jsoftmax._xent_engine import mean_divisor, reduce_token_losses, uniform_weight_terms
 
 __all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
 
@@ -46,7 +48,9 @@ __all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"
 def _check_mesh(mesh, axis_name, v: int, what: str, fn: str) -> int:
     """Validate the mesh and axis; return the number of shards, which must divide ``v``."""
     if not isinstance(mesh, Mesh):
-        raise TypeError(f"{fn}: mesh must be a jax.sharding.Mesh; got {type(mesh).__name__}")
+        raise TypeError(
+            f"{fn}: mesh must be a jax.sharding.Mesh or None; got {type(mesh).__name__}"
+        )
     if axis_name not in mesh.axis_names:
         raise ValueError(
             f"{fn}: axis_name={axis_name!r} is not an axis of the mesh; its axes are "
@@ -62,16 +66,211 @@ def _check_mesh(mesh, axis_name, v: int, what: str, fn: str) -> int:
     return k
 
 
-def _placed(mesh: Mesh, specs, *arrays):
-    """Put ``arrays`` in the layouts ``shard_map`` is given.
+def _axis_tuple(names, what: str, fn: str) -> tuple[str, ...]:
+    """``None``, one axis name or a tuple of them, as a tuple."""
+    if names is None:
+        return ()
+    names = (names,) if isinstance(names, str) else names
+    if not isinstance(names, tuple) or not all(isinstance(a, str) for a in names):
+        raise TypeError(
+            f"{fn}: {what} must be a mesh axis name, a tuple of them or None; got {names!r}"
+        )
+    return names
 
-    On a mesh with ``Explicit`` axes (the default of ``jax.make_mesh``) an array's sharding is
-    part of its type and ``shard_map`` only accepts matching inputs, so they are resharded
-    first; on ``Auto`` axes ``shard_map`` reshards by itself.
+
+def _token_axes(mesh, vocab_axis, n: int, data_axis_name, fn: str) -> tuple[str, ...]:
+    """The mesh axes the ``n`` tokens are split over.
+
+    ``data_axis_name`` when given; otherwise every axis but the vocabulary's, in mesh order,
+    skipping any whose size would not divide the tokens evenly (those replicate the work).
     """
+    names = tuple(mesh.axis_names)
+    if data_axis_name is not None:
+        axes = _axis_tuple(data_axis_name, "data_axis_name", fn)
+        for a in axes:
+            if a not in names or a == vocab_axis:
+                raise ValueError(
+                    f"{fn}: data_axis_name must name mesh axes other than axis_name="
+                    f"{vocab_axis!r}; the mesh's axes are {names}; got {data_axis_name!r}"
+                )
+        size = math.prod(int(mesh.shape[a]) for a in axes)
+        if n % size:
+            raise ValueError(
+                f"{fn}: the N={n} tokens must divide evenly over data_axis_name={axes} of size "
+                f"{size}; got N % {size} = {n % size}"
+            )
+        return axes
+    axes, size = [], 1
+    for a in names:
+        k = int(mesh.shape[a])
+        if a != vocab_axis and k > 1 and n % (size * k) == 0:
+            axes.append(a)
+            size *= k
+    return tuple(axes)
+
+
+def _psum(x, axes: tuple[str, ...]):
+    return lax.psum(x, axes) if axes else x
+
+
+class _LabelCheck(NamedTuple):
+    """What the checked-labels mode needs to name the first out-of-range label."""
+
+    num_classes: int
+    ignore_index: int | None
+    token_shape: tuple[int, ...]
+    fn: str
+
+
+class _Plan(NamedTuple):
+    """Static description of one data x vocabulary-parallel loss (a ``jit`` static argument).
+
+    ``kernel(opts, *shards)`` gives one device's per-token losses (``"none"``) or their sum, for
+    its own tokens over its own vocabulary shard. ``token_specs`` place the arrays over
+    ``token_axes`` (tokens first) and ``vocab_specs`` over ``vocab_axis`` (``None``: the
+    vocabulary is whole on every device).
+    """
+
+    kernel: object
+    opts: object
+    vocab_axis: str | None
+    token_axes: tuple[str, ...]
+    token_specs: tuple
+    vocab_specs: tuple
+    reduction: str
+    ignore_index: int | None
+    check: _LabelCheck | None
+
+    @property
+    def full_specs(self):
+        """Each array's placement over both the token and the vocabulary axes."""
+        return tuple(
+            P(*(t or v for t, v in zip(_padded(ts, vs), _padded(vs, ts), strict=True)))
+            for ts, vs in zip(self.token_specs, self.vocab_specs, strict=True)
+        )
+
+    @property
+    def out_spec(self):
+        return P(self.token_axes or None) if self.reduction == "none" else P()
+
+
+def _padded(spec, other):
+    """``spec``'s entries, padded with ``None`` to the length of the longer of the two."""
+    return tuple(spec) + (None,) * (max(len(spec), len(other)) - len(spec))
+
+
+def _first_bad_label(labels, check: _LabelCheck, axes: tuple[str, ...]):
+    """``(position, value)`` of the first out-of-range label over all devices' tokens.
+
+    Every device gets the same pair (``pmin``/``psum`` over the token axes; labels are
+    replicated over the vocabulary axis), so that every device raises together: one device
+    raising while the others wait in a collective would hang them (issue 19, item 8).
+    The position is ``N`` (one past the last token) when every label is in range.
+    """
+    n_loc, n = labels.shape[0], max(math.prod(check.token_shape), 1)
+    offset = lax.axis_index(axes) * n_loc if axes else 0
+    index = offset + jnp.arange(n_loc, dtype=labels.dtype)
+    bad = (labels < 0) | (labels >= check.num_classes)
+    if check.ignore_index is not None:
+        bad &= labels != check.ignore_index
+    first = jnp.min(jnp.where(bad, index, n), initial=n)
+    first = lax.pmin(first, axes) if axes else first
+    value = _psum(jnp.sum(jnp.where(index == first, labels, 0)), axes)
+    return first, value
+
+
+def _raise_first_bad_label(first, value, *, check: _LabelCheck) -> None:
+    """Host side of the checked-labels mode: the message of :func:`check_labels_in_range`."""
+    first = int(first)
+    if first >= math.prod(check.token_shape):
+        return
+    # the labels' shape with one label out of range at the first bad position (0 elsewhere,
+    # always in range): the same message as a concrete check of the real labels
+    host = np.zeros(check.token_shape, np.int64)
+    host.flat[first] = int(value)
+    check_labels_in_range(host, check.num_classes, check.ignore_index, check.fn)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _local_losses(plan: _Plan, mesh, *arrays) -> jax.Array:
+    r"""``plan.kernel`` on each device's tokens and vocabulary shard of ``mesh`` (``Auto`` axes).
+
+    Two nested ``shard_map``\ s: the outer one is manual over every axis but the vocabulary's
+    and splits the tokens over ``plan.token_axes`` (the other axes, if any, replicate the work);
+    the inner one is manual over the vocabulary axis and runs the per-shard kernel, whose
+    statistics combine there with ``pmax``/``psum``. The outer one does plain data parallelism
+    (``check_vma=False``: its only collective is the ``psum`` of the local sums and token
+    counts, and autodiff sums the cotangents of the arrays it replicates, ``w`` and ``bias``,
+    over the token axes); the inner one keeps the vocabulary-axis types the kernel's
+    ``custom_vjp`` was written for. ``"mean"`` is ``psum(local sums) / psum(local counts)``.
+    Always under ``jit``: eagerly, the partly manual ``shard_map`` rejects its ``out_specs``.
+    """
+    tok, vocab = plan.token_axes, plan.vocab_axis
+    manual = frozenset(a for a in mesh.axis_names if a != vocab)
+
+    def on_tokens(*local):
+        labels = local[-1]
+        first = _first_bad_label(labels, plan.check, tok) if plan.check is not None else ()
+        if vocab is None:
+            if first:
+                jax.debug.callback(partial(_raise_first_bad_label, check=plan.check), *first)
+            out = plan.kernel(plan.opts, *local)
+        else:
+
+            def on_vocab(*shards):
+                if first:  # every device, before any collective of the kernel
+                    jax.debug.callback(
+                        partial(_raise_first_bad_label, check=plan.check), *shards[-2:]
+                    )
+                    shards = shards[:-2]
+                return plan.kernel(plan.opts, *shards)
+
+            out = jax.shard_map(
+                on_vocab,
+                mesh=jax.sharding.get_abstract_mesh() if manual else mesh,
+                in_specs=plan.vocab_specs + (P(),) * len(first),
+                out_specs=P(),
+                axis_names={vocab},
+            )(*local, *first)
+        return _reduce_over_tokens(out, labels, tok, plan.reduction, plan.ignore_index)
+
+    if not manual:  # the mesh is the vocabulary axis alone
+        return on_tokens(*arrays)
+    return jax.shard_map(
+        on_tokens,
+        mesh=mesh,
+        in_specs=plan.token_specs,
+        out_specs=plan.out_spec,
+        axis_names=set(manual),
+        check_vma=False,
+    )(*arrays)
+
+
+def _reduce_over_tokens(out, labels, axes, reduction: str, ignore_index: int | None):
+    """One device's per-token losses or local sum ``out``, reduced over all devices' tokens.
+
+    ``"mean"`` is ``psum(Σ ℓ) / psum(Σ ω)`` over the token axes (ω = 1 for a token not
+    ignored), with the engine's rule for a mean with nothing to average (0, not 0 / 0).
+    """
+    if reduction == "none":
+        return out
+    total = _psum(out, axes)
+    if reduction == "sum":
+        return total
+    valid = labels != ignore_index if ignore_index is not None else jnp.ones(labels.shape, bool)
+    count = _psum(jnp.sum(valid).astype(total.dtype), axes)
+    return total / mean_divisor(count, total != 0)
+
+
+def _placed(mesh, specs, *arrays):
+    """Put ``arrays`` in the layouts ``specs`` (on ``Explicit`` axes, where it is in the type)."""
     if not any(t == AxisType.Explicit for t in mesh.axis_types):
         return arrays
-    return tuple(jax.reshard(a, NamedSharding(mesh, s)) for a, s in zip(arrays, specs, strict=True))
+    named = isinstance(mesh, Mesh)  # an abstract mesh is the one of jax.set_mesh: specs do
+    return tuple(
+        jax.reshard(a, NamedSharding(mesh, s) if named else s)
+        for a, s in zip(arrays, specs, strict=True)
+    )
 
 
 def _auto_twin(mesh: Mesh) -> Mesh:
@@ -79,49 +278,65 @@ def _auto_twin(mesh: Mesh) -> Mesh:
     return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
 
 
-def _run_sharded(kernel, opts: ChunkedXentOptions, mesh: Mesh, specs, *arrays) -> jax.Array:
-    """``kernel(opts, *shards)`` on every device of ``mesh``; its result, replicated.
+def _run_sharded(plan: _Plan, mesh, *arrays) -> jax.Array:
+    r""":func:`_local_losses` on ``mesh``, whatever its axis types and context.
 
-    On an ``Explicit`` mesh used outside ``jax.set_mesh`` the result would carry the mesh in its
-    type, and JAX cannot seed an eager ``jax.grad`` of such a value ("Length of device
-    assignment 1 is not equal to the size of the mesh"). There the work goes through
-    :func:`_run_detached`, whose result is an ordinary replicated array. Everywhere else
-    (``Auto`` meshes, ``jax.set_mesh``) the ``shard_map`` runs over ``mesh`` as it is.
+    * ``Auto`` axes: the ``shard_map``\ s run over ``mesh`` and place the inputs themselves.
+    * ``Explicit`` axes inside ``jax.set_mesh``: the inputs are resharded to the plan's
+      placements and the work runs under :func:`jax.sharding.auto_axes` (on the ``Auto`` view
+      of the same mesh; nested partly manual ``shard_map``\ s over ``Explicit`` axes made XLA
+      all-gather ``w``); the result is typed ``plan.out_spec``.
+    * ``Explicit`` axes outside ``jax.set_mesh``: there the result would carry the mesh in its
+      type, and JAX cannot seed an eager ``jax.grad`` of such a value ("Length of device
+      assignment 1 is not equal to the size of the mesh"), so the work goes through
+      :func:`_run_detached`, whose result is an ordinary array.
     """
     explicit = any(t == AxisType.Explicit for t in mesh.axis_types)
-    if not explicit or not jax.sharding.get_abstract_mesh().empty:
-        mapped = jax.shard_map(partial(kernel, opts), mesh=mesh, in_specs=specs, out_specs=P())
-        return mapped(*_placed(mesh, specs, *arrays))
+    if not explicit:
+        return _local_losses(plan, mesh, *arrays)
+    if not jax.sharding.get_abstract_mesh().empty:
+        arrays = _placed(mesh, plan.full_specs, *arrays)
+        run = partial(_local_losses_in_context, plan)
+        return jax.sharding.auto_axes(run, out_sharding=plan.out_spec)(*arrays)
     typed = any(not jax.typeof(a).sharding.mesh.empty for a in arrays)
     if typed:
         # Inputs typed on the mesh are resharded to the specs here, outside the jit below:
         # inside it, an unsharded input would keep the result on the Explicit type.
-        arrays = _placed(mesh, specs, *arrays)
-    return _run_detached(kernel, opts, mesh, specs, typed, *arrays)
+        arrays = _placed(mesh, plan.full_specs, *arrays)
+    return _run_detached(plan, mesh, typed, *arrays)
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _run_detached(kernel, opts: ChunkedXentOptions, mesh: Mesh, specs, typed: bool, *arrays):
+def _local_losses_in_context(plan: _Plan, *arrays):
+    return _local_losses(plan, jax.sharding.get_abstract_mesh(), *arrays)
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _run_detached(plan: _Plan, mesh: Mesh, typed: bool, *arrays):
     """:func:`_run_sharded` on an ``Explicit`` mesh outside ``jax.set_mesh``, under ``jit``.
 
-    Inputs with no mesh in their type go to a ``shard_map`` over the ``Auto`` twin of ``mesh``
-    (same devices and axis names), which places them itself; inputs typed on ``mesh``
-    (``typed``, already resharded to ``specs``) go to one over ``mesh``, and the replicated
-    result is then moved to the twin. Either way the result is an ordinary replicated array, so
-    ``grad``, ``value_and_grad`` and ``hessian`` work outside ``jit``, and the gradients come
-    back in the inputs' own shardings. The ``jit`` is needed for ``hessian``: eagerly, JAX's
+    Inputs with no mesh in their type run over the ``Auto`` twin of ``mesh`` (same devices and
+    axis names), which places them itself; inputs typed on ``mesh`` (``typed``, already
+    resharded to the plan's placements) run under :func:`jax.sharding.auto_axes` on ``mesh``
+    (moving them onto the twin with ``device_put`` fails under ``jax.hessian``'s ``vmap``),
+    and the result is then moved to the twin. Either way it is an ordinary array, so ``grad``,
+    ``value_and_grad`` and ``hessian`` work outside ``jit``, and the gradients come back in the
+    inputs' own shardings. The ``jit`` is needed for ``hessian``: eagerly, JAX's
     forward-over-reverse of the placement asks an abstract mesh for its devices and fails.
     """
     auto = _auto_twin(mesh)
-    mapped = jax.shard_map(
-        partial(kernel, opts), mesh=mesh if typed else auto, in_specs=specs, out_specs=P()
-    )
-    out = mapped(*arrays)
-    return jax.device_put(out, NamedSharding(auto, P())) if typed else out
+    if not typed:
+        return _local_losses(plan, auto, *arrays)
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        run = partial(_local_losses_in_context, plan)
+        out = jax.sharding.auto_axes(run, out_sharding=plan.out_spec)(*arrays)
+    return jax.device_put(out, NamedSharding(auto, plan.out_spec))
 
 
 def _vocab_parallel_xent_kernel(opts: ChunkedXentOptions, z, y):
-    """Per-shard body of :func:`vocab_parallel_cross_entropy`: ``z [N, V / k]``, ``y [N]``."""
+    """Per-shard body of :func:`vocab_parallel_cross_entropy`: ``z [n, V / k]``, ``y [n]``.
+
+    The per-token losses (``"none"``) or their sum over the device's ``n`` tokens.
+    """
     axis_name, eps = opts.axis_name, opts.xent.label_smoothing
     cdt = compute_dtype(z.dtype)
     z = z.astype(cdt)
@@ -150,18 +365,55 @@ def _vocab_parallel_xent_kernel(opts: ChunkedXentOptions, z, y):
     return reduce_token_losses(terms.loss, terms.omega, opts.reduction)[0]
 
 
-def _vocab_parallel_linear_xent_kernel(opts: ChunkedXentOptions, x, w, *bias_and_labels):
-    """Per-shard body of :func:`vocab_parallel_linear_cross_entropy`: ``(b,) y`` last."""
+class _LinearArgs(NamedTuple):
+    """The options of :func:`vocab_parallel_linear_cross_entropy` as given (re-resolved per
+    device: the chunk sizes depend on a device's own token count)."""
+
+    chunk_size: object
+    ignore_index: int | None
+    label_smoothing: float
+    z_loss: float
+    softcap: float | None
+    reduction: str  # "sum" or "none": "mean" divides after the psum over the token axes
+    gradients_in_forward: bool | None
+    num_classes: int
+    axis_name: str | None
+
+
+def _vocab_parallel_linear_xent_kernel(args: _LinearArgs, x, w, *bias_and_labels):
+    """Per-shard body of :func:`vocab_parallel_linear_cross_entropy`: ``(b,) y`` last.
+
+    The chunked kernel on one device's ``x [n, D]`` and ``w [D, V / k]``, its options resolved
+    for those shapes, with the label range and smoothing denominator of the whole vocabulary.
+    """
     *bias, y = bias_and_labels
-    return chunked_xent(x, w, bias[0] if bias else None, y, opts, (x.shape[0],))
+    x, w, b, y, opts = prepare_linear_inputs(
+        x,
+        w,
+        y,
+        bias=bias[0] if bias else None,
+        chunk_size=args.chunk_size,
+        ignore_index=args.ignore_index,
+        label_smoothing=args.label_smoothing,
+        z_loss=args.z_loss,
+        softcap=args.softcap,
+        reduction=args.reduction,
+        gradients_in_forward=args.gradients_in_forward,
+        fn="vocab_parallel_linear_cross_entropy",
+        num_shards=1,
+        axis_name=None,
+    )
+    opts = opts._replace(num_classes=args.num_classes, axis_name=args.axis_name)
+    return chunked_xent(x, w, b, y, opts, (x.shape[0],))
 
 
 def vocab_parallel_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
     *,
-    mesh: Mesh,
+    mesh: Mesh | None,
     axis_name: str,
+    data_axis_name: str | tuple[str, ...] | None = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
@@ -232,8 +484,8 @@ def vocab_parallel_cross_entropy(
     logits = as_float_array(logits, "logits", fn)
     if logits.ndim < 1:
         raise ValueError(f"{fn}: logits must have shape [..., V]; got a scalar")
-    v = logits.shape[-1]
-    if v == 0:
+    v_given = logits.shape[-1]
+    if v_given == 0:
         raise ValueError(f"{fn}: logits must have at least one class; got shape {logits.shape}")
     labels = check_integer_labels(labels, logits.shape[:-1], f"logits {logits.shape}", fn)
     ignore_index, xent, _, reduction = check_xent_options(
@@ -244,16 +496,56 @@ def vocab_parallel_cross_entropy(
         softcap=None,
         reduction=reduction,
     )
-    k = _check_mesh(mesh, axis_name, v, f"logits {logits.shape}", fn)
-    check_labels_in_range(labels, v, ignore_index, fn)
     token_shape = labels.shape
     n = math.prod(token_shape)
-    opts = ChunkedXentOptions(max(n, 1), v // k, v, ignore_index, xent, None, reduction, axis_name)
+    local_reduction = "none" if reduction == "none" else "sum"
+    if mesh is None:
+        return _per_shard_logits(
+            logits, labels, axis_name, data_axis_name, ignore_index, xent, reduction, fn
+        )
+    k = _check_mesh(mesh, axis_name, v_given, f"logits {logits.shape}", fn)
+    v = v_given
+    check = _label_check(labels, v, ignore_index, token_shape, fn)
+    tok = _token_axes(mesh, axis_name, n, data_axis_name, fn)
+    opts = ChunkedXentOptions(1, v // k, v, ignore_index, xent, None, local_reduction, axis_name)
+    tok_spec = tok or None
+    plan = _Plan(
+        _vocab_parallel_xent_kernel,
+        opts,
+        axis_name,
+        tok,
+        (P(tok_spec, None), P(tok_spec)),
+        (P(None, axis_name), P()),
+        reduction,
+        ignore_index,
+        check,
+    )
+    out = _run_sharded(plan, mesh, logits.reshape(n, v), labels.reshape(n))
+    return _token_shaped(out, token_shape) if reduction == "none" else out
 
-    specs = (P(None, axis_name), P())
-    arrays = (logits.reshape(n, v), labels.reshape(n))
-    out = _run_sharded(_vocab_parallel_xent_kernel, opts, mesh, specs, *arrays)
-    return out.reshape(token_shape) if reduction == "none" else out
+
+def _label_check(labels, num_classes, ignore_index, token_shape, fn) -> _LabelCheck | None:
+    """Check concrete labels now; for traced ones, what the checked-labels mode needs, if on."""
+    if not isinstance(labels, jax.core.Tracer):
+        check_labels_in_range(labels, num_classes, ignore_index, fn)
+        return None
+    if not _LABEL_CHECKS["on"]:
+        return None
+    return _LabelCheck(num_classes, ignore_index, tuple(token_shape), fn)
+
+
+def _token_shaped(out, token_shape):
+    """The ``[N]`` per-token losses in ``token_shape``; on an ``Explicit`` mesh, replicated
+    first where the leading token dimension cannot hold their sharding."""
+    sharding = jax.typeof(out).sharding
+    if not sharding.mesh.empty and any(t == AxisType.Explicit for t in sharding.mesh.axis_types):
+        spec = sharding.spec[0] if sharding.spec else None
+        axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+        size = math.prod(int(sharding.mesh.shape[a]) for a in axes)
+        if token_shape and token_shape[0] % size == 0:
+            return out.reshape(token_shape, out_sharding=P(spec, *(None,) * (len(token_shape) - 1)))
+        out = jax.reshard(out, P())
+    return out.reshape(token_shape)
 
 
 def vocab_parallel_linear_cross_entropy(
@@ -261,8 +553,9 @@ def vocab_parallel_linear_cross_entropy(
     w: ArrayLike,
     labels: ArrayLike,
     *,
-    mesh: Mesh,
+    mesh: Mesh | None,
     axis_name: str,
+    data_axis_name: str | tuple[str, ...] | None = None,
     bias: ArrayLike | None = None,
     chunk_size: int | tuple[int | None, int | None] | None = None,
     ignore_index: int | None = None,
@@ -337,11 +630,73 @@ def vocab_parallel_linear_cross_entropy(
       :func:`vocab_parallel_cross_entropy`, :func:`jsoftmax.linear_cross_entropy`.
     """
     fn = "vocab_parallel_linear_cross_entropy"
-    w_shape = np.shape(w)
-    v = w_shape[1] if len(w_shape) == 2 else None
+    if mesh is None:
+        return _per_shard_linear(
+            x,
+            w,
+            labels,
+            axis_name=axis_name,
+            data_axis_name=data_axis_name,
+            bias=bias,
+            chunk_size=chunk_size,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            reduction=reduction,
+            gradients_in_forward=gradients_in_forward,
+        )
+    if not isinstance(mesh, Mesh):
+        raise TypeError(
+            f"{fn}: mesh must be a jax.sharding.Mesh or None; got {type(mesh).__name__}"
+        )
+    return linear_xent_on_mesh(
+        x,
+        w,
+        labels,
+        mesh=mesh,
+        axis_name=axis_name,
+        data_axis_name=data_axis_name,
+        bias=bias,
+        chunk_size=chunk_size,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        reduction=reduction,
+        gradients_in_forward=gradients_in_forward,
+        fn=fn,
+    )
+
+
+def linear_xent_on_mesh(
+    x,
+    w,
+    labels,
+    *,
+    mesh,
+    axis_name: str | None,
+    data_axis_name=None,
+    bias=None,
+    chunk_size=None,
+    ignore_index=None,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    softcap=None,
+    reduction="mean",
+    gradients_in_forward=None,
+    fn: str,
+):
+    """The chunked linear cross-entropy with each device of ``mesh`` on its own tokens.
+
+    The vocabulary is split over ``axis_name`` (``None``: whole on every device) and the tokens
+    over the other axes (see :func:`_token_axes`). ``mesh`` is a ``Mesh``, or the abstract
+    context mesh of ``jax.set_mesh`` (the dispatch of :func:`jsoftmax.linear_cross_entropy`).
+    """
     token_shape = np.shape(x)[:-1]
+    w_shape = np.shape(w)
     k = 1
-    if isinstance(mesh, Mesh) and axis_name in mesh.axis_names and v:
+    if axis_name is not None and axis_name in mesh.axis_names and len(w_shape) == 2 and w_shape[1]:
         k = int(mesh.shape[axis_name])
     x, w, bias, labels, opts = prepare_linear_inputs(
         x,
@@ -359,13 +714,125 @@ def vocab_parallel_linear_cross_entropy(
         num_shards=k,
         axis_name=axis_name,
     )
-    _check_mesh(mesh, axis_name, w.shape[1], f"w {w.shape}", fn)
-    check_labels_in_range(labels, opts.num_classes, opts.ignore_index, fn)
-    if x.shape[0] == 0:  # nothing to shard: the local rule handles empty inputs
+    if axis_name is not None:
+        _check_mesh(mesh, axis_name, w.shape[1], f"w {w.shape}", fn)
+    check = _label_check(labels, opts.num_classes, opts.ignore_index, token_shape, fn)
+    n = x.shape[0]
+    if n == 0:  # nothing to shard: the local rule handles empty inputs
         return chunked_xent(x, w, bias, labels, opts._replace(axis_name=None), token_shape)
-    if bias is None:
-        specs, arrays = (P(), P(None, axis_name), P()), (x, w, labels)
-    else:
-        specs, arrays = (P(), P(None, axis_name), P(axis_name), P()), (x, w, bias, labels)
-    out = _run_sharded(_vocab_parallel_linear_xent_kernel, opts, mesh, specs, *arrays)
+    tok = _token_axes(mesh, axis_name, n, data_axis_name, fn)
+    args = _LinearArgs(
+        chunk_size,
+        opts.ignore_index,
+        opts.xent.label_smoothing,
+        opts.xent.z_loss,
+        opts.softcap,
+        "none" if opts.reduction == "none" else "sum",
+        gradients_in_forward,
+        opts.num_classes,
+        axis_name,
+    )
+    t = tok or None
+    arrays = (x, w, labels) if bias is None else (x, w, bias, labels)
+    token_specs = (P(t, None), P()) + ((P(),) if bias is not None else ()) + (P(t),)
+    vocab_specs = (P(), P(None, axis_name)) + ((P(axis_name),) if bias is not None else ()) + (P(),)
+    plan = _Plan(
+        _vocab_parallel_linear_xent_kernel,
+        args,
+        axis_name,
+        tok,
+        token_specs,
+        vocab_specs,
+        opts.reduction,
+        opts.ignore_index,
+        check,
+    )
+    out = _run_sharded(plan, mesh, *arrays)
+    return _token_shaped(out, token_shape) if opts.reduction == "none" else out
+
+
+def _bound_axes(axis_name, data_axis_name, fn: str) -> tuple[int, tuple[str, ...]]:
+    """Per-shard form: the vocabulary axis's size and the token axes, which must be bound."""
+    tok = _axis_tuple(data_axis_name, "data_axis_name", fn)
+    if not isinstance(axis_name, str):
+        raise TypeError(f"{fn}: axis_name must be a mesh axis name (str); got {axis_name!r}")
+    if axis_name in tok:
+        raise ValueError(
+            f"{fn}: data_axis_name={data_axis_name!r} must not contain axis_name={axis_name!r}"
+        )
+    sizes = []
+    for a in (axis_name, *tok):
+        try:
+            sizes.append(int(lax.axis_size(a)))
+        except NameError:
+            raise ValueError(
+                f"{fn}: with mesh=None the loss is the per-shard form, called inside "
+                f"jax.shard_map with the mesh axis {a!r} manual; {a!r} is not bound here "
+                "(pass mesh= to call it on global arrays)"
+            ) from None
+    return sizes[0], tok
+
+
+def _per_shard_check(labels, num_classes, ignore_index, tok, fn):
+    """Per-shard form, checked-labels mode: raise on every device of the token axes together.
+
+    Positions count the flattened tokens of all devices in the order of ``tok``.
+    """
+    if not _LABEL_CHECKS["on"]:
+        if not isinstance(labels, jax.core.Tracer):
+            check_labels_in_range(labels, num_classes, ignore_index, fn)
+        return
+    n = labels.shape[0] * math.prod(int(lax.axis_size(a)) for a in tok)
+    check = _LabelCheck(num_classes, ignore_index, (n,), fn)
+    first = _first_bad_label(labels, check, tok)
+    jax.debug.callback(partial(_raise_first_bad_label, check=check), *first)
+
+
+def _per_shard_logits(logits, labels, axis_name, data_axis_name, ignore_index, xent, reduction, fn):
+    """:func:`vocab_parallel_cross_entropy` with ``mesh=None``: inside the caller's shard_map."""
+    k, tok = _bound_axes(axis_name, data_axis_name, fn)
+    token_shape = labels.shape
+    n, v_loc = math.prod(token_shape), logits.shape[-1]
+    local = "none" if reduction == "none" else "sum"
+    opts = ChunkedXentOptions(1, v_loc, v_loc * k, ignore_index, xent, None, local, axis_name)
+    y = labels.reshape(n)
+    _per_shard_check(y, v_loc * k, ignore_index, tok, fn)
+    out = _vocab_parallel_xent_kernel(opts, logits.reshape(n, v_loc), y)
+    out = _reduce_over_tokens(out, y, tok, reduction, ignore_index)
+    return out.reshape(token_shape) if reduction == "none" else out
+
+
+def _per_shard_linear(x, w, labels, *, axis_name, data_axis_name, bias, reduction, **options):
+    """:func:`vocab_parallel_linear_cross_entropy` with ``mesh=None`` (the caller's shard_map)."""
+    fn = "vocab_parallel_linear_cross_entropy"
+    k, tok = _bound_axes(axis_name, data_axis_name, fn)
+    token_shape = np.shape(x)[:-1]
+    x, w, bias, labels, opts = prepare_linear_inputs(
+        x,
+        w,
+        labels,
+        bias=bias,
+        reduction=reduction,
+        fn=fn,
+        num_shards=1,
+        axis_name=None,
+        **options,
+    )
+    num_classes = w.shape[1] * k
+    _per_shard_check(labels, num_classes, opts.ignore_index, tok, fn)
+    if opts.reduction == "mean":  # the local sum: the mean divides by every device's count
+        _, _, _, _, opts = prepare_linear_inputs(
+            x,
+            w,
+            labels,
+            bias=bias,
+            reduction="sum",
+            fn=fn,
+            num_shards=1,
+            axis_name=None,
+            **options,
+        )
+    opts = opts._replace(num_classes=num_classes, axis_name=axis_name)
+    out = chunked_xent(x, w, bias, labels, opts, (x.shape[0],))
+    out = _reduce_over_tokens(out, labels, tok, reduction, opts.ignore_index)
     return out.reshape(token_shape) if reduction == "none" else out
