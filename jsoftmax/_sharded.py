@@ -42,7 +42,12 @@ from jsoftmax._checks import (
 from jsoftmax._linear_xent import ChunkedXentOptions, chunked_xent, prepare_linear_inputs
 from jsoftmax._xent_engine import mean_divisor, reduce_token_losses, uniform_weight_terms
 
-__all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
+__all__ = [
+    "explicit_placement",
+    "linear_xent_on_mesh",
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_linear_cross_entropy",
+]
 
 
 def _check_mesh(mesh, axis_name, v: int, what: str, fn: str) -> int:
@@ -294,6 +299,10 @@ def _run_sharded(plan: _Plan, mesh, *arrays) -> jax.Array:
     explicit = any(t == AxisType.Explicit for t in mesh.axis_types)
     if not explicit:
         return _local_losses(plan, mesh, *arrays)
+    if not isinstance(mesh, Mesh) and jax.sharding.get_abstract_mesh().empty:
+        # under the caller's jit, inputs typed on an Explicit mesh, outside jax.set_mesh
+        with jax.sharding.use_abstract_mesh(mesh):
+            return _run_sharded(plan, mesh, *arrays)
     if not jax.sharding.get_abstract_mesh().empty:
         arrays = _placed(mesh, plan.full_specs, *arrays)
         run = partial(_local_losses_in_context, plan)
@@ -524,6 +533,46 @@ def vocab_parallel_cross_entropy(
     return _token_shaped(out, token_shape) if reduction == "none" else out
 
 
+def explicit_placement(*arrays):
+    """``(mesh, vocabulary axis)`` for :func:`jsoftmax.linear_cross_entropy`, or ``None``.
+
+    ``arrays`` are ``x [..., D]``, ``w [D, V]`` and ``labels [...]``. On a mesh with
+    ``Explicit`` axes (the default of ``jax.make_mesh``) the sharding is in the type: where the
+    tokens of ``x`` or ``labels`` or the vocabulary of ``w`` (over one mesh axis) are sharded,
+    the loss runs as :func:`linear_xent_on_mesh` so that each device forms logits only for its
+    own tokens (over its own vocabulary shard). The mesh is the one of ``jax.set_mesh``, else
+    the concrete mesh of an eager input, else the abstract mesh in a traced input's type.
+    ``None`` (the one-device code) everywhere else: ``Auto`` meshes, where XLA partitions the
+    plain program, one device, nothing sharded, or inside a ``shard_map``.
+    """
+    x, w, _ = arrays
+    if not all(isinstance(a, jax.Array) for a in arrays):
+        return None
+    specs = [jax.typeof(a).sharding.spec for a in arrays]
+    context = jax.sharding.get_abstract_mesh()
+    mesh = context
+    if mesh.empty:
+        concrete = [
+            a.sharding.mesh
+            for a in arrays
+            if not isinstance(a, jax.core.Tracer) and isinstance(a.sharding, NamedSharding)
+        ]
+        typed = [jax.typeof(a).sharding.mesh for a in arrays]
+        typed = [m for m in typed if not m.empty]
+        mesh = concrete[0] if concrete else typed[0] if typed else context
+    if mesh.empty or mesh.size == 1 or AxisType.Explicit not in mesh.axis_types:
+        return None
+    if any(t == AxisType.Manual for t in mesh.axis_types):
+        return None
+    tokens = tuple(specs[0])[: x.ndim - 1] + tuple(specs[2])
+    vocab = tuple(specs[1])[1] if w.ndim == 2 and len(specs[1]) > 1 else None
+    if isinstance(vocab, tuple):
+        vocab = vocab[0] if len(vocab) == 1 else None  # over several axes: gathered instead
+    if vocab is None and all(e is None for e in tokens):
+        return None
+    return mesh, vocab
+
+
 def _label_check(labels, num_classes, ignore_index, token_shape, fn) -> _LabelCheck | None:
     """Check concrete labels now; for traced ones, what the checked-labels mode needs, if on."""
     if not isinstance(labels, jax.core.Tracer):
@@ -714,7 +763,7 @@ def linear_xent_on_mesh(
         num_shards=k,
         axis_name=axis_name,
     )
-    if axis_name is not None:
+    if axis_name is not None and isinstance(mesh, Mesh):  # an abstract one: from the types
         _check_mesh(mesh, axis_name, w.shape[1], f"w {w.shape}", fn)
     check = _label_check(labels, opts.num_classes, opts.ignore_index, token_shape, fn)
     n = x.shape[0]
@@ -833,6 +882,50 @@ def _per_shard_linear(x, w, labels, *, axis_name, data_axis_name, bias, reductio
             **options,
         )
     opts = opts._replace(num_classes=num_classes, axis_name=axis_name)
-    out = chunked_xent(x, w, bias, labels, opts, (x.shape[0],))
+    if axis_name in _varying_axes(w):  # shard_map(check_vma=True): the kernel's own types
+        extra = sorted(_varying_axes(x) | _varying_axes(labels))
+        if extra:
+            raise NotImplementedError(
+                f"{fn}: inside jax.shard_map with check_vma=True, x and labels must not vary "
+                f"over mesh axes; they vary over {tuple(extra)} (the chunked kernel's loop "
+                "carries are typed over axis_name only). Pass check_vma=False to the shard_map, "
+                "or call the loss on global arrays with mesh= (which splits the tokens itself)"
+            )
+        out = chunked_xent(x, w, bias, labels, opts, (x.shape[0],))
+    else:
+        out = _unchecked_shard(x, w, bias, labels, opts, k)
     out = _reduce_over_tokens(out, labels, tok, reduction, opts.ignore_index)
     return out.reshape(token_shape) if reduction == "none" else out
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _unchecked_shard(x, w, bias, labels, opts: ChunkedXentOptions, k: int):
+    """The kernel inside a ``shard_map(check_vma=False)``, with cotangents in that convention.
+
+    There a value replicated over an axis has its cotangent split over the axis's devices (their
+    sum is the true one) and the ``shard_map`` sums the cotangent of a replicated input over
+    them. The kernel's rule was written for the typed convention instead (the true cotangent on
+    every device, ``x̄`` summed over the vocabulary shards inside). So the rule below sums the
+    split cotangent of the loss over the vocabulary axis, and hands back ``x̄ / k``, which the
+    ``shard_map`` sums over the ``k`` vocabulary shards again.
+    """
+    return chunked_xent(x, w, bias, labels, opts, (x.shape[0],))
+
+
+def _unchecked_shard_fwd(x, w, bias, labels, opts, k):
+    out, vjp = jax.vjp(lambda *a: chunked_xent(*a, labels, opts, (x.shape[0],)), x, w, bias)
+    return out, vjp
+
+
+def _unchecked_shard_bwd(opts, k, vjp, g):
+    # true cotangent: Σ over the vocabulary shards of the split one; x̄ is psummed again outside
+    dx, dw, db = vjp(lax.psum(g, opts.axis_name))
+    return dx / k, dw, db, None
+
+
+_unchecked_shard.defvjp(_unchecked_shard_fwd, _unchecked_shard_bwd)
+
+
+def _varying_axes(a) -> frozenset:
+    """The manual mesh axes ``a`` varies over in ``shard_map``'s types (empty unchecked)."""
+    return frozenset(jax.typeof(a).mat.varying)
