@@ -11,7 +11,12 @@ over that mesh axis:
   label's class contributes its logit, the others 0), and likewise the sum of the logits that
   label smoothing needs.
 
-Only ``[tokens]``-sized vectors cross the mesh, never logits. The same code runs on one host
+Only ``[tokens]``-sized vectors cross the mesh, never logits. The tokens are split over the
+mesh's other axes (data parallelism): each device forms logits only for its own tokens over its
+own vocabulary shard, the mean is ``psum(local sums) / psum(local token counts)`` over those
+axes, and ``w``'s gradient is summed over them. With ``mesh=None`` the functions are the
+per-shard form, called inside the caller's own ``shard_map`` with only axis names (Megatron
+style). The same code runs on one host
 or many: after ``jax.distributed.initialize()`` on every process, ``jax.devices()`` lists the
 devices of all hosts, a ``Mesh`` built from them spans the cluster, and the functions here are
 called unchanged on global arrays (e.g. made with ``jax.make_array_from_process_local_data``).
@@ -447,23 +452,38 @@ def vocab_parallel_cross_entropy(
     - (1-\varepsilon)[c = y_n] - \varepsilon/V` on each shard, with no communication beyond the
     forward pass's.
 
+    The ``N`` tokens are split over the other mesh axes (data parallelism): each device reduces
+    only its own tokens' logits over its own classes, and ``"mean"`` is
+    :math:`\mathrm{psum}(\sum_n \ell_n) / \mathrm{psum}(\sum_n \omega_n)` over those axes
+    (:math:`\omega_n = 1` for a token not ignored).
+
     Multi-host: call ``jax.distributed.initialize()`` on every process first; build ``mesh``
     from ``jax.devices()`` (all hosts' devices) exactly as on one host, and pass global arrays.
 
     Args:
-      logits: ``[..., V]`` scores, floating point; sharded (or to be sharded) as
-        ``PartitionSpec(..., axis_name)`` over ``mesh``. Other placements are resharded.
-      labels: integer class indices ``[...]`` (``logits``' shape without ``V``), replicated.
-      mesh: the ``jax.sharding.Mesh``; other mesh axes replicate the computation.
-      axis_name: the mesh axis the classes are split over; its size must divide ``V``.
+      logits: ``[..., V]`` scores, floating point; best placed as ``PartitionSpec(tokens,
+        axis_name)`` over ``mesh`` (tokens over the data axes). Other placements are
+        resharded. With ``mesh=None``: this device's ``[..., V / k]`` shard.
+      labels: integer class indices ``[...]`` (``logits``' shape without ``V``), placed like the
+        tokens of ``logits``.
+      mesh: the ``jax.sharding.Mesh``, or ``None`` for the per-shard form: called inside the
+        caller's ``jax.shard_map`` with ``axis_name`` (and ``data_axis_name``) manual there,
+        on the local shards; ``V`` is then ``k`` times the local class count.
+      axis_name: the mesh axis the classes are split over; its size ``k`` must divide ``V``.
+      data_axis_name: the mesh axes the tokens are split over (one name or a tuple). Default
+        with a mesh: every other axis, in mesh order, except any whose size would not divide
+        the tokens evenly (that one replicates the work). With ``mesh=None``: the axes
+        ``"mean"`` and ``"sum"`` combine over (default none: the local tokens only).
       ignore_index: a label value whose tokens contribute 0 and are left out of the mean.
       label_smoothing: :math:`\varepsilon \in [0, 1]`.
       z_loss: :math:`\lambda \ge 0`.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
     Returns:
-      A scalar, or for ``"none"`` the per-token losses of ``labels``' shape, replicated over
-      the mesh; float32 for half-precision and float32 logits, float64 for float64.
+      A scalar, or for ``"none"`` the per-token losses of ``labels``' shape, split over the
+      data axes like the tokens; float32 for half-precision and float32 logits, float64 for
+      float64. With ``mesh=None``: this device's per-token losses, or the reduction over
+      ``data_axis_name``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, numpy as np
@@ -475,10 +495,30 @@ def vocab_parallel_cross_entropy(
       >>> print(loss.round(4))
       1.2589
 
+      The per-shard form inside one's own ``shard_map`` (tokens over ``"data"``, classes over
+      ``"vocab"``; one device here):
+
+      >>> from jax.sharding import PartitionSpec as P
+      >>> auto = (jax.sharding.AxisType.Auto,) * 2  # shard_map places the inputs itself
+      >>> mesh = jax.make_mesh((1, 1), ("data", "vocab"), auto)
+      >>> def local(z, y):  # z: this device's [tokens, V / k] block
+      ...     return jsoftmax.vocab_parallel_cross_entropy(
+      ...         z, y, mesh=None, axis_name="vocab", data_axis_name="data")
+      >>> f = jax.shard_map(local, mesh=mesh, in_specs=(P("data", "vocab"), P("data")),
+      ...                   out_specs=P())
+      >>> print(f(logits, jnp.array([0, 1])).round(4))
+      1.2589
+
     Notes:
       * A ``+inf`` or ``NaN`` logit makes its token's loss ``NaN``; ``-inf`` logits have
         probability 0 (but a ``-inf`` target logit gives ``+inf``).
       * Out-of-range labels raise ``ValueError`` when concrete and give ``NaN`` under ``jit``.
+        With :func:`jsoftmax.label_checks` on, a traced out-of-range label raises the same
+        error from the jitted call: the first bad position is combined over the devices
+        (``pmin``) and every device raises together, before the kernel's collectives (one
+        device raising alone would leave the others waiting in a collective). In the
+        per-shard form the position counts the tokens of all devices along
+        ``data_axis_name``; devices of mesh axes not named there must agree on the labels.
       * ``grad``, ``value_and_grad`` and ``hessian`` work eagerly and under ``jit``, on
         ``Explicit`` meshes (the default of ``jax.make_mesh``) and ``Auto`` ones, inside
         ``jax.set_mesh`` or not; the gradient has the logits' sharding. The collectives need
@@ -514,8 +554,8 @@ def vocab_parallel_cross_entropy(
         )
     k = _check_mesh(mesh, axis_name, v_given, f"logits {logits.shape}", fn)
     v = v_given
-    check = _label_check(labels, v, ignore_index, token_shape, fn)
     tok = _token_axes(mesh, axis_name, n, data_axis_name, fn)
+    check = _label_check(labels, v, ignore_index, token_shape, fn)
     opts = ChunkedXentOptions(1, v // k, v, ignore_index, xent, None, local_reduction, axis_name)
     tok_spec = tok or None
     plan = _Plan(
@@ -631,15 +671,25 @@ def vocab_parallel_linear_cross_entropy(
     pass recomputes each shard's logit blocks from the global logsumexp, keeps ``dw``/``dbias``
     on their shards and sums ``dx`` over the mesh axis (one ``psum`` of ``[N, D]``).
 
+    The tokens are split over the other mesh axes (data parallelism): each device forms the
+    logits of its own ``N / d`` tokens over its own ``V / k`` classes only, ``"mean"`` divides
+    the ``psum`` of the local sums by the ``psum`` of the local token counts over those axes,
+    and ``dw``/``dbias`` are summed over them (one ``psum`` of the ``[D, V / k]`` shard).
+
     Multi-host: call ``jax.distributed.initialize()`` on every process first; build ``mesh``
     from ``jax.devices()`` (all hosts' devices) exactly as on one host, and pass global arrays.
 
     Args:
-      x: token features ``[..., D]``, replicated over ``axis_name``.
-      w: ``[D, V]`` sharded (or to be sharded) as ``PartitionSpec(None, axis_name)``.
-      labels: integer class indices of ``x``'s leading shape ``[...]``, replicated.
-      mesh: the ``jax.sharding.Mesh``; other mesh axes replicate the computation.
+      x: token features ``[..., D]``, best placed with the tokens over the data axes
+        (``PartitionSpec(data_axes, None)``); other placements are resharded.
+      w: ``[D, V]`` sharded (or to be sharded) as ``PartitionSpec(None, axis_name)``; with
+        ``mesh=None``, this device's ``[D, V / k]`` shard.
+      labels: integer class indices of ``x``'s leading shape ``[...]``, placed like the tokens.
+      mesh: the ``jax.sharding.Mesh``, or ``None`` for the per-shard form (as in
+        :func:`vocab_parallel_cross_entropy`; inside the caller's ``shard_map``).
       axis_name: the mesh axis the vocabulary is split over; its size must divide ``V``.
+      data_axis_name: the mesh axes the tokens are split over; as in
+        :func:`vocab_parallel_cross_entropy`.
       bias: optional ``[V]`` bias, sharded as ``PartitionSpec(axis_name)``.
       chunk_size: as in :func:`jsoftmax.linear_cross_entropy`, applied to each shard's
         ``[D, V / k]`` (automatic: vocabulary chunks of ``min(V / k, 2048)``).
@@ -652,8 +702,8 @@ def vocab_parallel_linear_cross_entropy(
         no ``[D, V / k]`` gradient buffer beside ``w``'s own).
 
     Returns:
-      A scalar, or for ``"none"`` the per-token losses of ``labels``' shape, replicated; the
-      dtype of :func:`jsoftmax.linear_cross_entropy`.
+      A scalar, or for ``"none"`` the per-token losses of ``labels``' shape, split over the
+      data axes like the tokens; the dtype of :func:`jsoftmax.linear_cross_entropy`.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -674,6 +724,13 @@ def vocab_parallel_linear_cross_entropy(
       * ``grad``, ``value_and_grad`` and ``hessian`` work eagerly and under ``jit``, on
         ``Explicit`` and ``Auto`` meshes, inside ``jax.set_mesh`` or not (as
         :func:`vocab_parallel_cross_entropy`); ``dw`` and ``dbias`` keep their shardings.
+      * With :func:`jsoftmax.label_checks` on, out-of-range labels raise from every device
+        together, as in :func:`vocab_parallel_cross_entropy`.
+      * The per-shard form (``mesh=None``) with the tokens split over other axes needs the
+        caller's ``shard_map(..., check_vma=False)`` (with ``check_vma=True`` it raises
+        ``NotImplementedError``: the chunked kernel's loop carries are typed over
+        ``axis_name`` only); first-order gradients are tested there. With the tokens
+        replicated (a ``shard_map`` over ``axis_name`` alone) either setting works.
 
     See also:
       :func:`vocab_parallel_cross_entropy`, :func:`jsoftmax.linear_cross_entropy`.
@@ -765,11 +822,11 @@ def linear_xent_on_mesh(
     )
     if axis_name is not None and isinstance(mesh, Mesh):  # an abstract one: from the types
         _check_mesh(mesh, axis_name, w.shape[1], f"w {w.shape}", fn)
-    check = _label_check(labels, opts.num_classes, opts.ignore_index, token_shape, fn)
     n = x.shape[0]
+    tok = _token_axes(mesh, axis_name, n, data_axis_name, fn)
+    check = _label_check(labels, opts.num_classes, opts.ignore_index, token_shape, fn)
     if n == 0:  # nothing to shard: the local rule handles empty inputs
         return chunked_xent(x, w, bias, labels, opts._replace(axis_name=None), token_shape)
-    tok = _token_axes(mesh, axis_name, n, data_axis_name, fn)
     args = _LinearArgs(
         chunk_size,
         opts.ignore_index,
