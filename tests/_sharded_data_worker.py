@@ -433,3 +433,28 @@ def test_per_shard_linear_over_the_vocabulary_axis_alone_with_checked_types():
             lambda x, w: jsoftmax.linear_cross_entropy(x, w, y, **OPTS), (0, 1)
         )(x, w)
         _close(got, want)
+
+
+@pytest.mark.parametrize("name", ["logits", "linear"])
+def test_eager_hessian_on_a_data_vocab_mesh(name):
+    # forward-over-reverse through the two nested shard_maps, eagerly on an Explicit mesh
+    with jax.enable_x64(True):
+        mesh = _mesh()
+        z = jax.random.normal(jax.random.key(3), (4, 8), jnp.float64)
+        x, w = z[:, :3], jax.random.normal(jax.random.key(4), (3, 8), jnp.float64)
+        y = jnp.array([1, 6, 0, 3])
+        if name == "logits":
+            got = jax.hessian(
+                lambda z: jsoftmax.vocab_parallel_cross_entropy(
+                    z, y, mesh=mesh, axis_name="model", label_smoothing=0.1
+                )
+            )(_put(mesh, z, P("data", "model")))
+            want = jax.hessian(lambda z: jsoftmax.cross_entropy(z, y, label_smoothing=0.1))(z)
+        else:
+            got = jax.hessian(
+                lambda w: jsoftmax.vocab_parallel_linear_cross_entropy(
+                    x, w, y, mesh=mesh, axis_name="model", z_loss=0.1
+                )
+            )(w)
+            want = jax.hessian(lambda w: jsoftmax.cross_entropy(x @ w, y, z_loss=0.1))(w)
+        _close(got, want, rtol=1e-9, atol=1e-12)
