@@ -218,7 +218,29 @@ def _local_losses(plan: _Plan, mesh, *arrays) -> jax.Array:
     tok, vocab = plan.token_axes, plan.vocab_axis
     manual = frozenset(a for a in mesh.axis_names if a != vocab)
 
+    # Each floating-point array replicated over some of the manual axes (w and bias over the
+    # token axes, everything over an axis that replicates the work) goes in as one copy per
+    # device along a new leading axis, whose cotangent is summed in float32 or wider:
+    # left to the shard_map, that sum is a psum in the array's dtype, and XLA's CPU compiler
+    # aborts on a bfloat16 all-reduce in a partly manual shard_map ("Invalid binary
+    # instruction opcode copy"). The copies are local: no data moves.
+    names = tuple(mesh.axis_names)
+    spread = []
+    for a, spec in zip(arrays, plan.token_specs, strict=True):
+        used = {n for e in spec if e is not None for n in ((e,) if isinstance(e, str) else e)}
+        missing = tuple(n for n in names if n in manual and n not in used)
+        floating = jnp.issubdtype(a.dtype, jnp.floating)
+        spread.append(missing if floating and missing else ())
+    specs = tuple(
+        P(m, *spec) if m else spec for m, spec in zip(spread, plan.token_specs, strict=True)
+    )
+    arrays = tuple(
+        _copies(a, math.prod(int(mesh.shape[n]) for n in m)) if m else a
+        for a, m in zip(arrays, spread, strict=True)
+    )
+
     def on_tokens(*local):
+        local = tuple(a[0] if m else a for a, m in zip(local, spread, strict=True))
         labels = local[-1]
         first = _first_bad_label(labels, plan.check, tok) if plan.check is not None else ()
         if vocab is None:
@@ -249,11 +271,22 @@ def _local_losses(plan: _Plan, mesh, *arrays) -> jax.Array:
     return jax.shard_map(
         on_tokens,
         mesh=mesh,
-        in_specs=plan.token_specs,
+        in_specs=specs,
         out_specs=plan.out_spec,
         axis_names=set(manual),
         check_vma=False,
     )(*arrays)
+
+
+def _copies(a, count: int):
+    """``count`` copies of ``a`` along a new leading axis (see :func:`_local_losses`).
+
+    Broadcast in float32 (float64 for float64) and rounded back, which is exact: the transpose,
+    ``ā = Σ_copies c̄``, then sums in the wider dtype and rounds once. Plain JAX, so forward
+    mode (``jax.hessian``) works through it.
+    """
+    wide = compute_dtype(a.dtype)
+    return jnp.broadcast_to(a.astype(wide), (count, *a.shape)).astype(a.dtype)
 
 
 def _reduce_over_tokens(out, labels, axes, reduction: str, ignore_index: int | None):

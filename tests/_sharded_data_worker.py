@@ -359,8 +359,10 @@ def _user_shard_map(mesh, fn, in_specs, check_vma):
 
 
 @pytest.mark.parametrize("check_vma", [True, False], ids=["check_vma", "no_check_vma"])
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_per_shard_cross_entropy_inside_a_users_shard_map(reduction, check_vma):
+    # promise (Returns, mesh=None): this device's per-token losses, or the reduction over
+    # data_axis_name
     with jax.enable_x64(True):
         x, w, _, y = _data()
         mesh = _mesh(AxisType.Auto)
@@ -371,10 +373,14 @@ def test_per_shard_cross_entropy_inside_a_users_shard_map(reduction, check_vma):
                 reduction=reduction, **OPTS,
             )  # fmt: skip
 
-        f = _user_shard_map(mesh, body, (P("data", "model"), P("data")), check_vma)
-        got = jax.jit(jax.value_and_grad(f))(x @ w, y)
+        out_spec = P("data") if reduction == "none" else P()
+        f = jax.shard_map(
+            body, mesh=mesh, in_specs=(P("data", "model"), P("data")), out_specs=out_spec,
+            check_vma=check_vma,
+        )  # fmt: skip
+        got = jax.jit(jax.value_and_grad(lambda z, y: _weighted(f(z, y))))(x @ w, y)
         want = jax.value_and_grad(
-            lambda z: jsoftmax.cross_entropy(z, y, reduction=reduction, **OPTS)
+            lambda z: _weighted(jsoftmax.cross_entropy(z, y, reduction=reduction, **OPTS))
         )(x @ w)
         _close(got, want)
 
@@ -416,8 +422,10 @@ def test_per_shard_linear_with_checked_types_and_sharded_tokens_says_what_to_do(
         f(x, w, y)
 
 
-def test_per_shard_linear_over_the_vocabulary_axis_alone_with_checked_types():
-    # tokens replicated (a shard_map over the vocabulary axis only): the kernel's own types
+@pytest.mark.parametrize("check_vma", [True, False], ids=["check_vma", "no_check_vma"])
+def test_per_shard_linear_over_the_vocabulary_axis_alone(check_vma):
+    # promise (Notes): with the tokens replicated (a shard_map over axis_name alone) either
+    # check_vma setting works
     with jax.enable_x64(True):
         x, w, _, y = _data()
         mesh = jax.make_mesh((4,), ("model",), (AxisType.Auto,), devices=jax.devices()[:4])
@@ -427,7 +435,7 @@ def test_per_shard_linear_over_the_vocabulary_axis_alone_with_checked_types():
                 x, w, y, mesh=None, axis_name="model", **OPTS
             )
 
-        f = _user_shard_map(mesh, body, (P(), P(None, "model"), P()), check_vma=True)
+        f = _user_shard_map(mesh, body, (P(), P(None, "model"), P()), check_vma=check_vma)
         got = jax.jit(jax.value_and_grad(f, (0, 1)))(x, w, y)
         want = jax.value_and_grad(
             lambda x, w: jsoftmax.linear_cross_entropy(x, w, y, **OPTS), (0, 1)
@@ -458,3 +466,26 @@ def test_eager_hessian_on_a_data_vocab_mesh(name):
             )(w)
             want = jax.hessian(lambda w: jsoftmax.cross_entropy(x @ w, y, z_loss=0.1))(w)
         _close(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
+def test_half_precision_on_a_data_vocab_mesh(dtype):
+    # half-precision inputs: float32 loss, gradients in the inputs' dtype, as on one device
+    x, w, _, y = _data(jnp.float32)
+    x, w = x.astype(dtype), w.astype(dtype)
+    mesh = _mesh()
+
+    def vp(x, w):
+        return jsoftmax.vocab_parallel_linear_cross_entropy(
+            x, w, y, mesh=mesh, axis_name="model", **OPTS
+        )
+
+    got = jax.jit(jax.value_and_grad(vp, (0, 1)))(_put(mesh, x, P("data")), w)
+    want = jax.value_and_grad(lambda x, w: jsoftmax.linear_cross_entropy(x, w, y, **OPTS), (0, 1))(
+        x, w
+    )
+    assert got[0].dtype == jnp.float32 and got[1][0].dtype == got[1][1].dtype == dtype
+    _close(got[0], want[0], rtol=1e-5, atol=1e-6)
+    # one rounding of each gradient to the half-precision dtype apart
+    _close([g.astype(jnp.float32) for g in got[1]], [g.astype(jnp.float32) for g in want[1]],
+           rtol=2e-2, atol=2e-3)  # fmt: skip
