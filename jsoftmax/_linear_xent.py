@@ -395,6 +395,29 @@ def linear_cross_entropy(
       :func:`jsoftmax.cross_entropy`, :func:`jsoftmax.vocab_parallel_linear_cross_entropy`.
     """
     fn = "linear_cross_entropy"
+    # On an Explicit mesh with the tokens or the vocabulary sharded, each device takes its own
+    # tokens (and vocabulary shard) in a shard_map; _sharded imports this module, hence here.
+    from jsoftmax._sharded import explicit_placement, linear_xent_on_mesh
+
+    placement = explicit_placement(x, w, labels)
+    if placement is not None:
+        mesh, vocab_axis = placement
+        return linear_xent_on_mesh(
+            x,
+            w,
+            labels,
+            mesh=mesh,
+            axis_name=vocab_axis,
+            bias=bias,
+            chunk_size=chunk_size,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            reduction=reduction,
+            gradients_in_forward=gradients_in_forward,
+            fn=fn,
+        )
     token_shape = np.shape(x)[:-1]
     x, w, bias, labels, opts = prepare_linear_inputs(
         x,

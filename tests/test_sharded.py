@@ -70,7 +70,7 @@ def test_one_device_mesh_matches_unsharded():
     ("kwargs", "error", "match"),
     [
         ({"axis_name": "model"}, ValueError, r"axis_name='model' is not an axis of the mesh"),
-        ({"mesh": "vocab"}, TypeError, "mesh must be a jax.sharding.Mesh; got str"),
+        ({"mesh": "vocab"}, TypeError, "mesh must be a jax.sharding.Mesh or None; got str"),
         ({"softcap": -1.0}, ValueError, "softcap must be a positive finite float"),
         ({"chunk_size": -3}, ValueError, "chunk_size must be positive; got -3"),
         ({"labels": jnp.zeros((5,), int)}, ValueError, r"labels must have shape \(4,\)"),

@@ -70,6 +70,12 @@ def _fusion(quick: bool, dtype: str) -> list[dict]:  # compiled only, never run
     return fusion.run(quick=quick, dtype=dtype)
 
 
+def _sharded(quick: bool, dtype: str) -> list[dict]:  # float32, 8 (faked) devices
+    from jsoftmax.bench import sharded
+
+    return sharded.run(quick=quick)
+
+
 def _torch(quick: bool, dtype: str) -> list[dict]:  # float32 only
     from jsoftmax.bench import core
 
@@ -86,6 +92,7 @@ SUITES: dict[str, Callable[[bool, str], list[dict]]] = {
     "train_step": _train_step,
     "sparse": _sparse,
     "fusion": _fusion,
+    "sharded": _sharded,
     "torch": _torch,
 }
 
