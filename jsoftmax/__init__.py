@@ -10,6 +10,7 @@ from jsoftmax._jacobian import entmax_jacobian as entmax_jacobian
 from jsoftmax._jacobian import log_softmax_jacobian as log_softmax_jacobian
 from jsoftmax._jacobian import softmax_jacobian as softmax_jacobian
 from jsoftmax._jacobian import sparsemax_jacobian as sparsemax_jacobian
+from jsoftmax._linear_xent import LinearCrossEntropyAux as LinearCrossEntropyAux
 from jsoftmax._linear_xent import linear_cross_entropy as linear_cross_entropy
 from jsoftmax._loss import cross_entropy as cross_entropy
 from jsoftmax._loss import nll_loss as nll_loss
@@ -31,6 +32,7 @@ from jsoftmax._sparse import sparsemax as sparsemax
 __version__ = "0.1.0"
 
 __all__ = [
+    "LinearCrossEntropyAux",
     "__version__",
     "cross_entropy",
     "entmax",

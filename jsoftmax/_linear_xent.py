@@ -437,7 +437,6 @@ def linear_cross_entropy(
         return_aux=return_aux,
         w_layout=w_layout,
     )
-    check_labels_in_range(labels, opts.num_classes, opts.ignore_index, fn)
     tw = as_token_weights(token_weights, token_shape, compute_dtype(x.dtype), fn)
     tw = None if tw is None else tw.reshape(labels.shape)
     return chunked_xent(x, w, bias, labels, opts, token_shape, token_weights=tw)
@@ -461,6 +460,7 @@ def prepare_linear_inputs(
     axis_name: str | None,
     return_aux: bool = False,
     w_layout: str = "dv",
+    check_labels: bool = True,
 ):
     """Validate and canonicalise the arguments; returns ``(x2d, w, bias, labels1d, options)``.
 
@@ -529,8 +529,11 @@ def prepare_linear_inputs(
         )
     # labels out of [0, V) are reported at their position in the caller's labels, before the
     # flattening to [N] below (concrete labels raise; traced ones under label_checks call
-    # back), and after every static check: an option error comes first
-    check_labels_in_range(labels, v, ignore_index, fn)
+    # back), and after every static check: an option error comes first. The sharded losses
+    # check once for all devices themselves (check_labels=False on each device's shard: a
+    # callback raising on one device inside a collective would leave the others waiting).
+    if check_labels:
+        check_labels_in_range(labels, v, ignore_index, fn)
     fused = None
     if reduction != "none" and gradients_in_forward is not False and n > 0:
         # an explicit token chunk sets the block of either path; the vocabulary is whole here

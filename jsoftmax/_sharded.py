@@ -449,6 +449,7 @@ def _vocab_parallel_linear_xent_kernel(args: _LinearArgs, x, w, *bias_and_labels
         fn="vocab_parallel_linear_cross_entropy",
         num_shards=1,
         axis_name=None,
+        check_labels=False,  # checked once for all devices (see _label_check)
     )
     opts = opts._replace(num_classes=args.num_classes, axis_name=args.axis_name)
     return chunked_xent(x, w, b, y, opts, (x.shape[0],))
@@ -852,6 +853,7 @@ def linear_xent_on_mesh(
         fn=fn,
         num_shards=k,
         axis_name=axis_name,
+        check_labels=False,  # checked once for all devices (see _label_check)
     )
     if axis_name is not None and isinstance(mesh, Mesh):  # an abstract one: from the types
         _check_mesh(mesh, axis_name, w.shape[1], f"w {w.shape}", fn)
@@ -956,6 +958,7 @@ def _per_shard_linear(x, w, labels, *, axis_name, data_axis_name, bias, reductio
         num_shards=1,
         axis_name=None,
         **options,
+        check_labels=False,  # checked once for all devices (see _label_check)
     )
     num_classes = w.shape[1] * k
     _per_shard_check(labels, num_classes, opts.ignore_index, tok, fn)
@@ -970,6 +973,7 @@ def _per_shard_linear(x, w, labels, *, axis_name, data_axis_name, bias, reductio
             num_shards=1,
             axis_name=None,
             **options,
+            check_labels=False,  # checked once for all devices (see _label_check)
         )
     opts = opts._replace(num_classes=num_classes, axis_name=axis_name)
     if axis_name in _varying_axes(w):  # shard_map(check_vma=True): the kernel's own types

@@ -119,12 +119,7 @@ def test_unchecked_linear_out_of_range_label_gives_nan_loss_and_a_nan_gradient_r
     assert np.isnan(np.asarray(dw)).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the logits form differentiates the engine's per-token loss by autodiff, whose "
-    "NaN poisoning (jnp.where) gives the bad row a zero gradient; the lead's change to "
-    "`poison` in _xent_engine.py (issue 19 item 9) makes it NaN",
-)
+# issue 19, item 9: the row was a finite zero (the poison was a select), now NaN
 @pytest.mark.parametrize("mesh", list(MESHES))
 def test_unchecked_logits_out_of_range_label_gives_nan_loss_and_a_nan_gradient_row(mesh):
     mesh = MESHES[mesh]()
