@@ -401,6 +401,15 @@ def linear_cross_entropy(
 
     placement = explicit_placement(x, w, labels)
     if placement is not None:
+        extras = {"token_weights": token_weights is not None, "return_aux": bool(return_aux)}
+        extras["w_layout='vd'"] = w_layout == "vd"
+        if any(extras.values()):
+            used = ", ".join(k for k, on in extras.items() if on)
+            raise NotImplementedError(
+                f"{fn}: {used} on a mesh with sharded tokens or vocabulary (the data x "
+                "vocabulary-parallel path) is not supported yet; gather the inputs to one "
+                "device's layout, or use reduction='none' and weight the per-token losses"
+            )
         mesh, vocab_axis = placement
         return linear_xent_on_mesh(
             x,
