@@ -42,6 +42,8 @@ from jsoftmax._checks import (
     check_reduction,
     compute_dtype,
 )
+from jsoftmax._dispatch import choose
+from jsoftmax._impl import mosaic_gpu
 from jsoftmax._mesh import (
     batch_ones,
     explicit_sharding,
@@ -503,7 +505,88 @@ def _xent_probability_bwd(opts, res: _ProbabilityResiduals, g):
 _xent_probability.defvjp(_xent_probability_fwd, _xent_probability_bwd)
 
 
-def _ce_per_example(inp: _Inputs, opts: XentOptions) -> jax.Array:
+# --------------------------------------------------------------------------------------------
+# Integer labels on the Mosaic GPU kernels: the same engine, statistics from the kernel
+# --------------------------------------------------------------------------------------------
+
+
+def _kernel_problem(inp: _Inputs, axis: Axis, fn: str):
+    """Why the Mosaic GPU kernels cannot take this call (``None`` if they can)."""
+
+    def problem():
+        if not jnp.issubdtype(inp.labels.dtype, jnp.integer):
+            return "probability labels are not covered by the kernels (integer labels are)"
+        if inp.weight is not None:
+            return "class weights are not covered by the kernels"
+        if inp.mask is not None:
+            return "per-class where masks are not covered by the kernels"
+        if not (
+            isinstance(axis, (int, np.integer))
+            and int(axis) % inp.logits.ndim == (inp.logits.ndim - 1)
+        ):
+            return f"axis={axis!r} (the kernels take the last axis only)"
+        if explicit_sharding(inp.logits) is not None:
+            return "logits on an Explicit mesh are not covered by the kernels"
+        return mosaic_gpu.environment_problem() or mosaic_gpu.rows_problem(
+            inp.logits.shape, inp.logits.dtype, 1
+        )
+
+    return problem
+
+
+def _mosaic_forward(opts: XentOptions, z, labels, ok):
+    """As :func:`_integer_forward` without weights or class masks, statistics from the kernel."""
+    cdt = compute_dtype(z.dtype)
+    n_classes, eps = z.shape[-1], opts.label_smoothing
+    bad, y = _safe_labels(labels, n_classes, ok)
+    m, s, zy, zs = mosaic_gpu.cross_entropy_forward(z, y, bool(eps))
+    log_s = jnp.log(s)  # log 0 = -inf for a row with no finite logit
+    omega = jnp.ones_like(m) if ok is None else sharded_where(ok, jnp.ones_like(m), 0)
+    zy_s = zy - m
+    if eps:
+        share = _smoothing_share(eps, ok, None, n_classes, labels.shape, cdt)
+        # with unit weights and no mask: W = C and Σ_c w_c (z_c − m) = Σ_c (z_c − m)
+        target = integer_target(omega, zy_s, eps, share, jnp.asarray(n_classes, cdt), zs)
+    else:
+        target = integer_target(omega, zy_s, eps)
+    loss, coef = token_loss(TokenStats(m, log_s, target.tsum, target.tz, omega), opts.z_loss)
+    loss, coef = poison(bad, loss, coef)
+    # the one-hot index of the backward pass: past the end (never matched) if out of range
+    y_drop = sharded_where((labels < 0) | (labels >= n_classes), n_classes, labels)
+    b = jnp.zeros_like(m) if target.b is None else target.b
+    return loss, (z, y_drop, m, _softmax_scale(coef, s), target.a, b)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _xent_integer_mosaic(opts, z, labels, ok):
+    return _mosaic_forward(opts, z, labels, ok)[0]
+
+
+def _xent_integer_mosaic_fwd(opts, z, labels, ok):
+    return _mosaic_forward(opts, z, labels, ok)
+
+
+def _xent_integer_mosaic_bwd(opts, res, g):
+    # ∂loss_n/∂z_nc = r_n e_nc − b_n − a_n [c = y_n], as in _xent_integer_bwd (unit weights, no
+    # mask), each term scaled by g and formed in float32 inside the kernel
+    z, y, m, r, a, b = res
+    g = g.astype(r.dtype)
+    dz = mosaic_gpu.cross_entropy_backward(z, y, m, g * r, g * a, g * b)
+    return dz, None, None
+
+
+_xent_integer_mosaic.defvjp(_xent_integer_mosaic_fwd, _xent_integer_mosaic_bwd)
+
+
+def _ce_per_example(
+    inp: _Inputs,
+    opts: XentOptions,
+    fn: str = "cross_entropy",
+    implementation: str | None = None,
+    axis: Axis = -1,
+) -> jax.Array:
+    if choose(fn, implementation, _kernel_problem(inp, axis, fn)) == "mosaic_gpu":
+        return _xent_integer_mosaic(opts, inp.logits, inp.labels, inp.ok)
     rule = _xent_integer if jnp.issubdtype(inp.labels.dtype, jnp.integer) else _xent_probability
     return rule(opts, inp.logits, inp.labels, inp.weight, inp.ok, inp.mask, inp.count)
 
@@ -524,6 +607,7 @@ def cross_entropy(
     z_loss: float = 0.0,
     reduction: str = "mean",
     where: ArrayLike | None = None,
+    implementation: str | None = None,
 ) -> jax.Array:
     r"""Softmax cross-entropy with PyTorch's options, a z-loss and masks, in one fused rule.
 
@@ -576,6 +660,11 @@ def cross_entropy(
         ``[batch, classes]``): masks classes, which leave the softmax and get no smoothing mass
         (:math:`C` becomes the number of unmasked classes); an example with every class masked
         is masked. Masked examples contribute nothing to the loss, the gradient or the mean.
+      implementation: ``None`` (default: ``"xla"``), ``"xla"`` or ``"mosaic_gpu"``: the Pallas
+        kernels for integer labels over the last axis (with ``ignore_index``,
+        ``label_smoothing``, ``z_loss``, per-example ``where``; not class ``weight``, per-class
+        ``where``, tuple axes or probability labels), which raise ``ValueError`` saying why
+        where they cannot run. See :mod:`jsoftmax._dispatch`.
 
     Returns:
       A scalar for ``"mean"`` and ``"sum"``; the per-example losses of ``logits``' shape
@@ -632,7 +721,7 @@ def cross_entropy(
     )
     check_reduction(reduction, fn)
     inp = _prepare(logits, labels, axis, weight, ignore_index, where, fn)
-    loss = _ce_per_example(inp, opts)
+    loss = _ce_per_example(inp, opts, fn, implementation, axis)
     return reduce_token_losses(loss, _example_weight(inp, loss.dtype), reduction)[0]
 
 
@@ -705,6 +794,8 @@ def softmax_cross_entropy(
     labels: ArrayLike,
     axis: Axis = -1,
     where: ArrayLike | None = None,
+    *,
+    implementation: str | None = None,
 ) -> jax.Array:
     r"""Drop-in for ``optax.softmax_cross_entropy`` on the fused jsoftmax rule.
 
@@ -723,6 +814,8 @@ def softmax_cross_entropy(
       axis: the class axis or axes (``None``: all axes).
       where: boolean mask, per example (``[batch]``) or per class (``logits``' rank); masked
         classes leave the softmax and the sum, masked examples give 0.
+      implementation: ``None`` (default: ``"xla"``) or ``"xla"``; ``"mosaic_gpu"`` raises
+        ``ValueError`` (the kernels take integer labels only).
 
     Returns:
       Per-example losses ``[batch]`` in ``logits``' dtype (computed in float32 for half
@@ -757,7 +850,7 @@ def softmax_cross_entropy(
             )
         labels = jnp.broadcast_to(labels, logits.shape)
     inp = _prepare(logits, labels, axis, None, None, where, fn)
-    return _ce_per_example(inp, XentOptions()).astype(logits.dtype)
+    return _ce_per_example(inp, XentOptions(), fn, implementation, axis).astype(logits.dtype)
 
 
 def softmax_cross_entropy_with_integer_labels(
@@ -765,6 +858,8 @@ def softmax_cross_entropy_with_integer_labels(
     labels: ArrayLike,
     axis: int | tuple[int, ...] = -1,
     where: ArrayLike | None = None,
+    *,
+    implementation: str | None = None,
 ) -> jax.Array:
     r"""Drop-in for ``optax.softmax_cross_entropy_with_integer_labels`` on the fused rule.
 
@@ -780,6 +875,8 @@ def softmax_cross_entropy_with_integer_labels(
       axis: the class axis, or a tuple of axes; a label is then a flat row-major index into
         the slice ``logits[axis]`` taken in the order given.
       where: boolean mask, per example (``[batch]``) or per class (``logits``' rank).
+      implementation: ``None`` (default: ``"xla"``), ``"xla"`` or ``"mosaic_gpu"`` (as in
+        :func:`cross_entropy`).
 
     Returns:
       Per-example losses ``[batch]`` in ``logits``' dtype (computed in float32 for half
@@ -809,4 +906,4 @@ def softmax_cross_entropy_with_integer_labels(
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"{fn}: labels must be integer class indices; got dtype {labels.dtype}")
     inp = _prepare(logits, labels, axis, None, None, where, fn)
-    return _ce_per_example(inp, XentOptions()).astype(logits.dtype)
+    return _ce_per_example(inp, XentOptions(), fn, implementation, axis).astype(logits.dtype)

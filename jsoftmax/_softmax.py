@@ -22,6 +22,8 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from jsoftmax._checks import Axis, as_float_array, as_mask, canonical_axes, compute_dtype
+from jsoftmax._dispatch import choose
+from jsoftmax._impl import mosaic_gpu
 from jsoftmax._mesh import sharded_where
 
 __all__ = ["log_softmax", "logsumexp", "softmax"]
@@ -32,6 +34,21 @@ def _prepare(x: ArrayLike, axis: Axis, where: ArrayLike | None, fn: str):
     axes = canonical_axes(axis, x.ndim, fn)
     mask = as_mask(where, x.shape, fn)
     return x, axes, mask
+
+
+def _kernel_problem(x: jax.Array, axes: tuple[int, ...], where, buffers: int):
+    """Why the Mosaic GPU kernels cannot take this call (``None`` if they can)."""
+
+    def problem():
+        if where is not None:
+            return "where masks are not covered by the kernels"
+        if axes != (x.ndim - 1,):
+            return f"axis {axes} (the kernels normalise over the last axis only)"
+        return mosaic_gpu.environment_problem() or mosaic_gpu.rows_problem(
+            x.shape, x.dtype, buffers
+        )
+
+    return problem
 
 
 def max_shifted(
@@ -76,7 +93,13 @@ def max_shifted(
 # --------------------------------------------------------------------------------------------
 
 
-def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) -> jax.Array:
+def softmax(
+    x: ArrayLike,
+    axis: Axis = -1,
+    *,
+    where: ArrayLike | None = None,
+    implementation: str | None = None,
+) -> jax.Array:
     r"""Softmax over ``axis``: positive outputs that sum to one.
 
     .. math::
@@ -92,6 +115,10 @@ def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) ->
       x: scores, any shape ``[..., n, ...]``, floating point.
       axis: the axis, or tuple of axes, to normalise over (``None``: all axes).
       where: optional boolean mask broadcastable to ``x``; ``False`` entries are left out.
+      implementation: ``None`` (default: ``"xla"``), ``"xla"`` or ``"mosaic_gpu"`` (the
+        Pallas kernel: last axis, no ``where``, float16/bfloat16/float32, classes a multiple
+        of 128; raises ``ValueError`` saying why where it cannot run). See
+        :mod:`jsoftmax._dispatch`.
 
     Returns:
       An array of ``x``'s shape and dtype whose slices along ``axis`` sum to one.
@@ -119,6 +146,8 @@ def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) ->
       :func:`log_softmax`, :func:`jsoftmax.softmax_jacobian`, :func:`jsoftmax.fwd.softmax`.
     """
     x, axes, mask = _prepare(x, axis, where, "softmax")
+    if choose("softmax", implementation, _kernel_problem(x, axes, mask, 1)) == "mosaic_gpu":
+        return _softmax_mosaic(x, implementation)
     return _softmax(x, mask, axes)
 
 
@@ -154,12 +183,39 @@ def _softmax_bwd(axes, y, g):
 _softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _softmax_mosaic(x, implementation):
+    return mosaic_gpu.softmax_forward(x)
+
+
+def _softmax_mosaic_fwd(x, implementation):
+    y = mosaic_gpu.softmax_forward(x)
+    return y, y  # the output is the only residual
+
+
+def _softmax_mosaic_bwd(implementation, y, g):
+    # x̄ = s ⊙ (g − ⟨g, s⟩), as in _softmax_bwd; the kernel stages y and g (two buffers)
+    problem = _kernel_problem(y, (y.ndim - 1,), None, 2)
+    if choose("softmax backward", implementation, problem) == "mosaic_gpu":
+        return (mosaic_gpu.softmax_backward(y, g),)
+    return (_softmax_bwd((y.ndim - 1,), y, g)[0],)
+
+
+_softmax_mosaic.defvjp(_softmax_mosaic_fwd, _softmax_mosaic_bwd)
+
+
 # --------------------------------------------------------------------------------------------
 # log_softmax
 # --------------------------------------------------------------------------------------------
 
 
-def log_softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) -> jax.Array:
+def log_softmax(
+    x: ArrayLike,
+    axis: Axis = -1,
+    *,
+    where: ArrayLike | None = None,
+    implementation: str | None = None,
+) -> jax.Array:
     r"""Log of the softmax over ``axis``, computed without forming the softmax.
 
     .. math::
@@ -173,6 +229,8 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None
       x: scores, any shape ``[..., n, ...]``, floating point.
       axis: the axis, or tuple of axes, to normalise over (``None``: all axes).
       where: optional boolean mask broadcastable to ``x``; ``False`` entries are left out.
+      implementation: ``None`` (default: ``"xla"``), ``"xla"`` or ``"mosaic_gpu"`` (as in
+        :func:`softmax`).
 
     Returns:
       An array of ``x``'s shape and dtype: log-probabilities along ``axis``.
@@ -200,6 +258,8 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None
       :func:`softmax`, :func:`logsumexp`, :func:`jsoftmax.log_softmax_jacobian`.
     """
     x, axes, mask = _prepare(x, axis, where, "log_softmax")
+    if choose("log_softmax", implementation, _kernel_problem(x, axes, mask, 1)) == "mosaic_gpu":
+        return _log_softmax_mosaic(x, implementation)
     return _log_softmax(x, mask, axes)
 
 
@@ -241,13 +301,39 @@ def _log_softmax_bwd(axes, res, g):
 _log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _log_softmax_mosaic(x, implementation):
+    return mosaic_gpu.log_softmax_forward(x)
+
+
+def _log_softmax_mosaic_fwd(x, implementation):
+    out = mosaic_gpu.log_softmax_forward(x)
+    return out, out  # the output is the only residual (no mask on this path)
+
+
+def _log_softmax_mosaic_bwd(implementation, out, g):
+    # x̄ = g − s Σ g with s = exp(out), as in _log_softmax_bwd
+    problem = _kernel_problem(out, (out.ndim - 1,), None, 2)
+    if choose("log_softmax backward", implementation, problem) == "mosaic_gpu":
+        return (mosaic_gpu.log_softmax_backward(out, g),)
+    return (_log_softmax_bwd((out.ndim - 1,), (out, None), g)[0],)
+
+
+_log_softmax_mosaic.defvjp(_log_softmax_mosaic_fwd, _log_softmax_mosaic_bwd)
+
+
 # --------------------------------------------------------------------------------------------
 # logsumexp
 # --------------------------------------------------------------------------------------------
 
 
 def logsumexp(
-    x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None, keepdims: bool = False
+    x: ArrayLike,
+    axis: Axis = -1,
+    *,
+    where: ArrayLike | None = None,
+    keepdims: bool = False,
+    implementation: str | None = None,
 ) -> jax.Array:
     r"""Log of the sum of exponentials over ``axis``, computed without overflow.
 
@@ -263,6 +349,8 @@ def logsumexp(
       axis: the axis, or tuple of axes, to reduce (``None``: all axes).
       where: optional boolean mask broadcastable to ``x``; ``False`` entries are left out.
       keepdims: keep the reduced axes with size 1.
+      implementation: ``None`` (default: ``"xla"``), ``"xla"`` or ``"mosaic_gpu"`` (as in
+        :func:`softmax`).
 
     Returns:
       ``x``'s shape without ``axis`` (or with size-1 axes if ``keepdims``), in ``x``'s dtype.
@@ -288,7 +376,10 @@ def logsumexp(
     x, axes, mask = _prepare(x, axis, where, "logsumexp")
     if not isinstance(keepdims, bool):
         raise TypeError(f"logsumexp: keepdims must be a bool; got {keepdims!r}")
-    out = _logsumexp(x, mask, axes)
+    if choose("logsumexp", implementation, _kernel_problem(x, axes, mask, 1)) == "mosaic_gpu":
+        out = _logsumexp_mosaic(x)
+    else:
+        out = _logsumexp(x, mask, axes)
     return out if keepdims else jnp.squeeze(out, axes)
 
 
@@ -345,3 +436,26 @@ def _logsumexp_bwd(axes, res, g):
 
 
 _logsumexp.defvjp(_logsumexp_fwd, _logsumexp_bwd)
+
+
+@jax.custom_vjp
+def _logsumexp_mosaic(x):
+    m, log_s = mosaic_gpu.logsumexp_forward(x)
+    return _lse(m, log_s).astype(x.dtype)
+
+
+def _logsumexp_mosaic_fwd(x):
+    m, log_s = mosaic_gpu.logsumexp_forward(x)
+    # the residuals of _logsumexp_fwd: the input and the two numbers per row
+    return _lse(m, log_s).astype(x.dtype), (x, m, log_s)
+
+
+def _logsumexp_mosaic_bwd(res, g):
+    # x̄ = g · exp((x − m) − log_s), as in _logsumexp_bwd, with the same guard for a row with
+    # no finite entry (log_s = -inf) applied per row before the kernel
+    x, m, log_s = res
+    log_s = jnp.where(log_s < jnp.finfo(log_s.dtype).min, jnp.zeros_like(log_s), log_s)
+    return (mosaic_gpu.logsumexp_backward(x, m, log_s, g.astype(m.dtype)),)
+
+
+_logsumexp_mosaic.defvjp(_logsumexp_mosaic_fwd, _logsumexp_mosaic_bwd)

@@ -617,9 +617,11 @@ def test_dropin_signatures_match_optax():
         ),
     ]:
         a, b = inspect.signature(ours).parameters, inspect.signature(theirs).parameters
-        assert [(p.name, p.kind, p.default) for p in a.values()] == [
-            (p.name, p.kind, p.default) for p in b.values()
-        ]
+        # optax's parameters, in optax's order and kinds; then only jsoftmax's keyword-only
+        # implementation switch (issue 21), which no positional call can reach
+        *same, extra = [(p.name, p.kind, p.default) for p in a.values()]
+        assert same == [(p.name, p.kind, p.default) for p in b.values()]
+        assert extra == ("implementation", inspect.Parameter.KEYWORD_ONLY, None)
 
 
 # (logits shape, axis, where: None / "examples" / "classes")
