@@ -3,6 +3,9 @@
 from jsoftmax import fwd as fwd
 from jsoftmax._checks import label_checks as label_checks
 from jsoftmax._checks import set_label_checks as set_label_checks
+from jsoftmax._dispatch import ImplementationChoice as ImplementationChoice
+from jsoftmax._dispatch import record_implementations as record_implementations
+from jsoftmax._dispatch import use_implementation as use_implementation
 from jsoftmax._fy_loss import entmax_loss as entmax_loss
 from jsoftmax._fy_loss import sparsemax_loss as sparsemax_loss
 from jsoftmax._jacobian import entmax15_jacobian as entmax15_jacobian
@@ -32,6 +35,7 @@ from jsoftmax._sparse import sparsemax as sparsemax
 __version__ = "0.1.0"
 
 __all__ = [
+    "ImplementationChoice",
     "LinearCrossEntropyAux",
     "__version__",
     "cross_entropy",
@@ -47,6 +51,7 @@ __all__ = [
     "log_softmax_jacobian",
     "logsumexp",
     "nll_loss",
+    "record_implementations",
     "set_label_checks",
     "softmax",
     "softmax_cross_entropy",
@@ -55,6 +60,7 @@ __all__ = [
     "sparsemax",
     "sparsemax_jacobian",
     "sparsemax_loss",
+    "use_implementation",
     "vocab_parallel_cross_entropy",
     "vocab_parallel_linear_cross_entropy",
 ]
