@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from jsoftmax._checks import Axis, as_float_array, compute_dtype
@@ -191,8 +192,22 @@ def _per_slice(z: jax.Array, axes: tuple[int, ...], value: float) -> jax.Array:
     return jnp.full_like(jnp.max(z, axes, keepdims=True), value)
 
 
+def _class_spec(a: jax.Array, axes: tuple[int, ...]):
+    """``a``'s partition spec if its type shards any of ``axes`` (a mesh with Explicit axes),
+    else ``None`` (one device, or Auto axes, whose types carry no sharding)."""
+    spec = getattr(jax.typeof(a).sharding, "spec", None)
+    if spec is None or all(d >= len(spec) or spec[d] is None for d in axes):
+        return None
+    return tuple(spec) + (None,) * (a.ndim - len(spec))
+
+
 def _sorted_desc(z, axes):
-    zs = -jnp.sort(-_to_last(z, axes), axis=-1)
+    z = _to_last(z, axes)
+    spec = _class_spec(z, (z.ndim - 1,))
+    if spec is not None:
+        # a sort needs its axis whole on each device: gather the slices (batch axes stay split)
+        z = jax.sharding.reshard(z, P(*spec[:-1], None))
+    zs = -jnp.sort(-z, axis=-1)
     k = jnp.arange(1, zs.shape[-1] + 1, dtype=zs.dtype).reshape((1,) * (zs.ndim - 1) + (-1,))
     return zs, k
 
@@ -248,7 +263,10 @@ def _dot_over(a: jax.Array, b: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     transpose and differentiate it.
     """
     batch = tuple(d for d in range(a.ndim) if d not in axes)
-    out = lax.dot_general(a, b, ((axes, axes), (batch, batch)))
+    spec = _class_spec(a, axes)
+    # contracting a sharded axis: the result is split like a's batch axes (JAX asks to be told)
+    out_sharding = None if spec is None else P(*(spec[d] for d in batch))
+    out = lax.dot_general(a, b, ((axes, axes), (batch, batch)), out_sharding=out_sharding)
     return out.reshape(_keepdims_shape(a.shape, axes))
 
 
