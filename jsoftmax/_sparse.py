@@ -747,8 +747,8 @@ def entmax(
         ``x``'s shape with size 1 along ``axis`` (one α per slice).
       axis: the axis, or tuple of axes, to normalise over (``None``: all axes).
       where: optional boolean mask broadcastable to ``x``; ``False`` entries are left out.
-      n_iter: the most bisection steps (float32 stops by itself after about 25; 50 leaves
-        float64 within a few ulps of 1e-15 for α ≤ 2.5).
+      n_iter: the most bisection steps on an interval of width at most ``log n`` (float32
+        stops by itself after about 25-30; 50 leaves float64 within ``log(n) · 2^-50``).
 
     Returns:
       An array of ``x``'s shape and dtype whose slices along ``axis`` sum to one.
@@ -769,11 +769,18 @@ def entmax(
       * An array ``alpha`` always bisects; where it is ≤ 1 (or not finite) the output and its
         gradients are ``NaN`` for that slice (values cannot be checked under ``jit``).
       * Same ``-inf``, mask, ``+inf``/``NaN``, dtype conventions as :func:`sparsemax`.
-      * Accuracy of bisection in float32: the threshold is found to an ulp, and the output
-        carries that error raised to the power ``1/(α − 1)``: about 1e-7 for α ≤ 2, up to
-        1e-4 absolute at α = 5. The gradient with respect to ``alpha`` cancels terms of size
-        ``1/(α − 1)²``: in float32 it loses accuracy as α → 1 (a few percent at
-        α = 1.001); use float64 to learn α that close to 1.
+      * Accuracy (measured against float64 for scores of scale 2, n = 10 and 1000): the
+        threshold is bisected in the units of the scores, so α → 1 tends to softmax (a
+        Python α keeps ``α − 1`` exact even at 1 + 1e-8; a float32 array α that rounds to 1
+        is NaN). In float32 the output is within 2e-6 of the exact value for
+        1 < α ≤ 3, and ``∂/∂α`` of an array ``alpha`` has a median relative error below
+        1e-6 and a 90th percentile below 1e-5 over the same range, α = 1 + 1e-6 included.
+        Beyond that, entries at the edge of the support are only Hölder-continuous in the
+        scores (exponent ``1/(α − 1)``): a rounding ``δ`` there moves them by up to
+        ``δ^(1/(α−1))``, in any algorithm. The error stays below ``eps^(1/(α−1))`` of the
+        dtype (float32: 2e-2 at α = 5, 0.2 at α = 10–20; float64: 1e-4 at α = 5), and the
+        gradients, with ``u = p^(2−α)`` unbounded at that edge, are not trustworthy in float32
+        for α ≥ 5 (they may overflow to inf or NaN). Use float64, or α ≤ 3, there.
 
     See also:
       :func:`sparsemax`, :func:`entmax15`, :func:`jsoftmax.entmax_loss`,
