@@ -536,7 +536,9 @@ def vocab_parallel_cross_entropy(
         \sum_c z_{nc} + \lambda\, \mathrm{lse}_n^2
 
     where the double sum and :math:`z_{n y_n}` are ``lax.psum``\ s over the shards. Ignored
-    tokens give 0 and ``"mean"`` divides by the number of tokens not ignored (0 if none). The
+    tokens give 0 and ``"mean"`` divides by the number of tokens not ignored (0 if none); with
+    ``token_weights`` each token's loss is :math:`\omega_n \ell_n` and ``"mean"`` divides by
+    :math:`\sum_n \omega_n`. The
     gradient, by reverse-mode autodiff through the collectives, is
     :math:`\partial \ell_n / \partial z_{nc} = p_{nc}(1 + 2\lambda\,\mathrm{lse}_n)
     - (1-\varepsilon)[c = y_n] - \varepsilon/V` on each shard, with no communication beyond the
@@ -544,8 +546,9 @@ def vocab_parallel_cross_entropy(
 
     The ``N`` tokens are split over the other mesh axes (data parallelism): each device reduces
     only its own tokens' logits over its own classes, and ``"mean"`` is
-    :math:`\mathrm{psum}(\sum_n \ell_n) / \mathrm{psum}(\sum_n \omega_n)` over those axes
-    (:math:`\omega_n = 1` for a token not ignored).
+    :math:`\mathrm{psum}(\sum_n \omega_n \ell_n) / \mathrm{psum}(\sum_n \omega_n)` over those
+    axes (:math:`\omega_n` the token's weight, 1 without ``token_weights``; 0 for an ignored
+    token).
 
     Multi-host: call ``jax.distributed.initialize()`` on every process first; build ``mesh``
     from ``jax.devices()`` (all hosts' devices) exactly as on one host, and pass global arrays.
@@ -568,6 +571,11 @@ def vocab_parallel_cross_entropy(
       label_smoothing: :math:`\varepsilon \in [0, 1]`.
       z_loss: :math:`\lambda \ge 0`.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+      token_weights: optional per-token weights :math:`\omega` of ``labels``' shape ``[...]``,
+        floating point, or bool as a loss mask (``True`` counts), as in
+        :func:`jsoftmax.linear_cross_entropy`: checked on the global array, placed like the
+        labels (split over the data axes, replicated over ``axis_name``); constants, with no
+        gradient. With ``mesh=None``: this device's weights, of its labels' shape.
 
     Returns:
       A scalar, or for ``"none"`` the per-token losses of ``labels``' shape, split over the
@@ -789,8 +797,9 @@ def vocab_parallel_linear_cross_entropy(
 
     The tokens are split over the other mesh axes (data parallelism): each device forms the
     logits of its own ``N / d`` tokens over its own ``V / k`` classes only, ``"mean"`` divides
-    the ``psum`` of the local sums by the ``psum`` of the local token counts over those axes,
-    and ``dw``/``dbias`` are summed over them (one ``psum`` of the ``[D, V / k]`` shard).
+    the ``psum`` of the local sums by the ``psum`` of the local :math:`\sum_n \omega_n` over
+    those axes (the token counts without ``token_weights``), and ``dw``/``dbias`` are summed
+    over them (one ``psum`` of the ``[D, V / k]`` shard).
 
     Multi-host: call ``jax.distributed.initialize()`` on every process first; build ``mesh``
     from ``jax.devices()`` (all hosts' devices) exactly as on one host, and pass global arrays.
@@ -799,7 +808,8 @@ def vocab_parallel_linear_cross_entropy(
       x: token features ``[..., D]``, best placed with the tokens over the data axes
         (``PartitionSpec(data_axes, None)``); other placements are resharded.
       w: ``[D, V]`` sharded (or to be sharded) as ``PartitionSpec(None, axis_name)``; with
-        ``mesh=None``, this device's ``[D, V / k]`` shard.
+        ``mesh=None``, this device's ``[D, V / k]`` shard. With ``w_layout="vd"``: ``[V, D]``
+        as ``PartitionSpec(axis_name, None)`` (the shard ``[V / k, D]``).
       labels: integer class indices of ``x``'s leading shape ``[...]``, placed like the tokens.
       mesh: the ``jax.sharding.Mesh``, or ``None`` for the per-shard form (as in
         :func:`vocab_parallel_cross_entropy`; inside the caller's ``shard_map``).
@@ -816,10 +826,28 @@ def vocab_parallel_linear_cross_entropy(
         before ``softmax − target`` is formed, and ``dw``/``dbias`` stay on their shards.
         ``gradients_in_forward=False`` keeps the recompute path (the forward rule then holds
         no ``[D, V / k]`` gradient buffer beside ``w``'s own).
+      token_weights: optional per-token weights :math:`\omega` of ``labels``' shape ``[...]``
+        (floating, or a bool loss mask), as in :func:`jsoftmax.linear_cross_entropy`: checked
+        on the global array and placed like the labels (split over the data axes, replicated
+        over ``axis_name``); ``"mean"`` divides by the ``psum`` of every device's
+        :math:`\sum_n \omega_n`. Constants, with no gradient. With ``mesh=None``: this
+        device's weights, of its labels' shape.
+      return_aux: if ``True``, also return the :class:`jsoftmax.LinearCrossEntropyAux` of
+        :func:`jsoftmax.linear_cross_entropy`, over all devices' tokens and the whole
+        vocabulary: ``lse`` per token (split over the data axes like the labels), ``z_loss``
+        and ``accuracy`` per token for ``"none"`` and otherwise reduced like the loss (their
+        ``psum`` over the data axes, divided by the loss's divisor for ``"mean"``; the argmax
+        combined over the vocabulary shards by ``pmax``/``pmin``, ties to the first maximal
+        class), and ``num_tokens`` the global :math:`\sum_n \omega_n`. No gradient flows
+        through them.
+      w_layout: ``"dv"`` (``w`` is ``[D, V]``) or ``"vd"`` (``w`` is ``[V, D]``, a tied
+        embedding table): ``V`` is then ``w.shape[0]``, and ``dw`` comes back ``[V, D]`` with
+        ``w``'s sharding.
 
     Returns:
       A scalar, or for ``"none"`` the per-token losses of ``labels``' shape, split over the
-      data axes like the tokens; the dtype of :func:`jsoftmax.linear_cross_entropy`.
+      data axes like the tokens; the dtype of :func:`jsoftmax.linear_cross_entropy`. With
+      ``return_aux=True`` the pair ``(loss, aux)``.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -832,6 +860,15 @@ def vocab_parallel_linear_cross_entropy(
       ...     x, w, labels, mesh=mesh, axis_name="vocab")
       >>> print(jnp.allclose(loss, jsoftmax.linear_cross_entropy(x, w, labels)))
       True
+
+      A loss mask, the auxiliary outputs and a ``[V, D]`` table:
+
+      >>> mask = jnp.array([True, True, False])
+      >>> loss, aux = jsoftmax.vocab_parallel_linear_cross_entropy(
+      ...     x, w.T, labels, mesh=mesh, axis_name="vocab", token_weights=mask,
+      ...     return_aux=True, w_layout="vd")
+      >>> print(float(aux.num_tokens), aux.lse.shape)
+      2.0 (3,)
 
     Notes:
       * As :func:`jsoftmax.linear_cross_entropy`: non-finite inputs give ``NaN`` for the
