@@ -193,6 +193,48 @@ def test_per_shard_linear_inside_a_users_unchecked_shard_map(reduction, gif, lay
         _close(got, want)
 
 
+def test_eager_on_an_explicit_mesh_outside_set_mesh():
+    # eagerly, inputs typed on an Explicit mesh: the (loss, aux) pair comes back as ordinary
+    # arrays (each resharded off the mesh), so value_and_grad can seed the loss
+    with jax.enable_x64(True):
+        x, w, b, y, tw = _data()
+        mesh = _mesh()
+        args = (_put(mesh, x, P("data")), _put(mesh, w, P(None, "model")), b)
+
+        def vp(x, w, b):
+            return jsoftmax.vocab_parallel_linear_cross_entropy(
+                x, w, y, bias=b, mesh=mesh, axis_name="model", token_weights=tw,
+                return_aux=True, reduction="sum", **OPTS,
+            )  # fmt: skip
+
+        got = jax.value_and_grad(_with_aux(vp), (0, 1, 2), has_aux=True)(*args)
+        want = jax.value_and_grad(_reference(y, tw, "sum", "dv"), (0, 1, 2), has_aux=True)
+        _close(got, want(x, w, b))
+
+
+def test_per_shard_linear_over_the_vocabulary_axis_alone_with_checked_types():
+    # tokens replicated (a shard_map over axis_name alone, check_vma=True): the kernel's own
+    # types, the weights and the aux replicated over the vocabulary shards
+    with jax.enable_x64(True):
+        x, w, b, y, tw = _data()
+        mesh = jax.make_mesh((4,), ("model",), (AxisType.Auto,), devices=jax.devices()[:4])
+
+        def body(x, w, b, tw):
+            return jsoftmax.vocab_parallel_linear_cross_entropy(
+                x, w, y, bias=b, mesh=None, axis_name="model", token_weights=tw,
+                return_aux=True, w_layout="vd", **OPTS,
+            )  # fmt: skip
+
+        f = jax.shard_map(
+            body, mesh=mesh, in_specs=(P(), P("model", None), P("model"), P()), out_specs=P()
+        )
+        got = jax.jit(
+            jax.value_and_grad(_with_aux(lambda x, w, b: f(x, w, b, tw)), (0, 1, 2), True)
+        )(x, w.T, b)
+        want = jax.value_and_grad(_reference(y, tw, "mean", "vd"), (0, 1, 2), True)
+        _close(got, want(x, w.T, b))
+
+
 def _logits_reference(y, tw, reduction):
     """The weighted cross-entropy from jsoftmax.cross_entropy's per-token losses."""
 
@@ -256,18 +298,23 @@ def test_per_shard_cross_entropy_token_weights(reduction):
 
 
 def test_options_are_checked_on_the_global_arrays():
-    x, w, _, y, tw = (a.astype(jnp.float32) if a.dtype == jnp.float64 else a for a in _data())
-    mesh = _mesh()
-    with pytest.raises(ValueError, match=r"token_weights must have labels' shape \(16,\); got"):
-        jsoftmax.vocab_parallel_linear_cross_entropy(
-            x, w, y, mesh=mesh, axis_name="model", ignore_index=IGNORE, token_weights=tw[:8]
-        )
-    with pytest.raises(TypeError, match=r"token_weights must be floating point .* got dtype int"):
-        jsoftmax.vocab_parallel_cross_entropy(
-            x @ w, y, mesh=mesh, axis_name="model", ignore_index=IGNORE, token_weights=y
-        )
-    # w_layout="vd": V is w.shape[0]
-    with pytest.raises(ValueError, match=r"V=47 of w \(47, 5\) must divide evenly over mesh axis"):
-        jsoftmax.vocab_parallel_linear_cross_entropy(
-            x, w.T[:47], y, mesh=mesh, axis_name="model", w_layout="vd", ignore_index=IGNORE
-        )
+    with jax.enable_x64(True):
+        x, w, _, y, tw = _data()
+        mesh = _mesh()
+        with pytest.raises(ValueError, match=r"token_weights must have labels' shape \(16,\); got"):
+            jsoftmax.vocab_parallel_linear_cross_entropy(
+                x, w, y, mesh=mesh, axis_name="model", ignore_index=IGNORE, token_weights=tw[:8]
+            )
+        with pytest.raises(
+            TypeError, match=r"token_weights must be floating point .* got dtype int"
+        ):
+            jsoftmax.vocab_parallel_cross_entropy(
+                x @ w, y, mesh=mesh, axis_name="model", ignore_index=IGNORE, token_weights=y
+            )
+        # w_layout="vd": V is w.shape[0]
+        with pytest.raises(
+            ValueError, match=r"V=47 of w \(47, 5\) must divide evenly over mesh axis"
+        ):
+            jsoftmax.vocab_parallel_linear_cross_entropy(
+                x, w.T[:47], y, mesh=mesh, axis_name="model", w_layout="vd", ignore_index=IGNORE
+            )
