@@ -399,17 +399,8 @@ def linear_cross_entropy(
     # tokens (and vocabulary shard) in a shard_map; _sharded imports this module, hence here.
     from jsoftmax._sharded import explicit_placement, linear_xent_on_mesh
 
-    placement = explicit_placement(x, w, labels)
+    placement = explicit_placement(x, w, labels, w_layout=w_layout)
     if placement is not None:
-        extras = {"token_weights": token_weights is not None, "return_aux": bool(return_aux)}
-        extras["w_layout='vd'"] = w_layout == "vd"
-        if any(extras.values()):
-            used = ", ".join(k for k, on in extras.items() if on)
-            raise NotImplementedError(
-                f"{fn}: {used} on a mesh with sharded tokens or vocabulary (the data x "
-                "vocabulary-parallel path) is not supported yet; gather the inputs to one "
-                "device's layout, or use reduction='none' and weight the per-token losses"
-            )
         mesh, vocab_axis = placement
         return linear_xent_on_mesh(
             x,
@@ -425,6 +416,9 @@ def linear_cross_entropy(
             softcap=softcap,
             reduction=reduction,
             gradients_in_forward=gradients_in_forward,
+            token_weights=token_weights,
+            return_aux=return_aux,
+            w_layout=w_layout,
             fn=fn,
         )
     token_shape = np.shape(x)[:-1]

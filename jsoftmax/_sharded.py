@@ -39,12 +39,18 @@ from jax.typing import ArrayLike
 from jsoftmax._checks import (
     _LABEL_CHECKS,
     as_float_array,
+    as_token_weights,
     check_integer_labels,
     check_labels_in_range,
     check_xent_options,
     compute_dtype,
 )
-from jsoftmax._linear_xent import ChunkedXentOptions, chunked_xent, prepare_linear_inputs
+from jsoftmax._linear_xent import (
+    ChunkedXentOptions,
+    LinearCrossEntropyAux,
+    chunked_xent,
+    prepare_linear_inputs,
+)
 from jsoftmax._xent_engine import mean_divisor, reduce_token_losses, uniform_weight_terms
 
 __all__ = [
@@ -136,9 +142,11 @@ class _Plan(NamedTuple):
     """Static description of one data x vocabulary-parallel loss (a ``jit`` static argument).
 
     ``kernel(opts, *shards)`` gives one device's per-token losses (``"none"``) or their sum, for
-    its own tokens over its own vocabulary shard. ``token_specs`` place the arrays over
-    ``token_axes`` (tokens first) and ``vocab_specs`` over ``vocab_axis`` (``None``: the
-    vocabulary is whole on every device).
+    its own tokens over its own vocabulary shard (with ``aux``, the pair ``(loss,
+    LinearCrossEntropyAux)``). ``token_specs`` place the arrays over ``token_axes`` (tokens
+    first) and ``vocab_specs`` over ``vocab_axis`` (``None``: the vocabulary is whole on every
+    device). The labels are the last array; with ``weighted``, the token weights come just
+    before them.
     """
 
     kernel: object
@@ -150,6 +158,8 @@ class _Plan(NamedTuple):
     reduction: str
     ignore_index: int | None
     check: _LabelCheck | None
+    weighted: bool = False
+    aux: bool = False
 
     @property
     def full_specs(self):
@@ -161,7 +171,12 @@ class _Plan(NamedTuple):
 
     @property
     def out_spec(self):
-        return P(self.token_axes or None) if self.reduction == "none" else P()
+        per_token = P(self.token_axes or None)
+        loss = per_token if self.reduction == "none" else P()
+        if not self.aux:
+            return loss
+        # lse is per token whatever the reduction; num_tokens is the global Σ ω
+        return loss, LinearCrossEntropyAux(per_token, loss, P(), loss)
 
 
 def _padded(spec, other):
@@ -242,6 +257,7 @@ def _local_losses(plan: _Plan, mesh, *arrays) -> jax.Array:
     def on_tokens(*local):
         local = tuple(a[0] if m else a for a, m in zip(local, spread, strict=True))
         labels = local[-1]
+        weights = local[-2] if plan.weighted else None
         first = _first_bad_label(labels, plan.check, tok) if plan.check is not None else ()
         if vocab is None:
             if first:
@@ -264,7 +280,9 @@ def _local_losses(plan: _Plan, mesh, *arrays) -> jax.Array:
                 out_specs=P(),
                 axis_names={vocab},
             )(*local, *first)
-        return _reduce_over_tokens(out, labels, tok, plan.reduction, plan.ignore_index)
+        return _reduce_over_tokens(
+            out, labels, weights, tok, plan.reduction, plan.ignore_index, plan.aux
+        )
 
     if not manual:  # the mesh is the vocabulary axis alone
         return on_tokens(*arrays)
@@ -289,20 +307,48 @@ def _copies(a, count: int):
     return jnp.broadcast_to(a.astype(wide), (count, *a.shape)).astype(a.dtype)
 
 
-def _reduce_over_tokens(out, labels, axes, reduction: str, ignore_index: int | None):
+def _reduce_over_tokens(
+    out, labels, token_weights, axes, reduction: str, ignore_index, aux: bool = False
+):
     """One device's per-token losses or local sum ``out``, reduced over all devices' tokens.
 
-    ``"mean"`` is ``psum(Σ ℓ) / psum(Σ ω)`` over the token axes (ω = 1 for a token not
-    ignored), with the engine's rule for a mean with nothing to average (0, not 0 / 0).
+    ``"mean"`` is ``psum(Σ ℓ) / psum(Σ ω)`` over the token axes (ω: the token's weight, 1
+    without ``token_weights``, 0 for an ignored token), with the engine's rule for a mean with
+    nothing to average (0, not 0 / 0). With ``aux``, ``out`` is ``(loss, aux)`` of the local
+    tokens: ``z_loss`` and ``accuracy`` (local sums unless ``"none"``) are reduced like the
+    loss, with the same divisor, and ``num_tokens`` becomes the global ``psum(Σ ω)``.
     """
-    if reduction == "none":
-        return out
-    total = _psum(out, axes)
-    if reduction == "sum":
+    loss, extra = out if aux else (out, None)
+    if reduction == "none" and extra is None:
+        return loss
+    total = loss if reduction == "none" else _psum(loss, axes)
+    if reduction == "sum" and extra is None:
         return total
+    count = _psum(_omega_sum(labels, token_weights, ignore_index, total.dtype), axes)
+    divisor = jnp.ones((), total.dtype)
+    if reduction == "mean":
+        divisor = mean_divisor(count, total != 0)
+        total = total / divisor
+    if extra is None:
+        return total
+    if reduction != "none":
+        extra = extra._replace(
+            z_loss=_psum(extra.z_loss, axes) / divisor,
+            accuracy=_psum(extra.accuracy, axes) / divisor,
+        )
+    extra = extra._replace(num_tokens=count.astype(extra.num_tokens.dtype))
+    return total, lax.stop_gradient(extra)
+
+
+def _omega_sum(labels, token_weights, ignore_index, dtype):
+    """``Σ ω`` of one device's tokens, as in the engine's ``uniform_weight_terms``."""
     valid = labels != ignore_index if ignore_index is not None else jnp.ones(labels.shape, bool)
-    count = _psum(jnp.sum(valid).astype(total.dtype), axes)
-    return total / mean_divisor(count, total != 0)
+    if token_weights is None:
+        return jnp.sum(valid).astype(dtype)
+    # a select, not a product: an ignored token's weight (even NaN) is never read; the weights
+    # are constants (no cotangent), as in the one-device loss
+    weights = lax.stop_gradient(token_weights).astype(dtype)
+    return jnp.sum(jnp.where(valid, weights, 0))
 
 
 def _placed(mesh, specs, *arrays):
@@ -376,14 +422,15 @@ def _run_detached(plan: _Plan, mesh: Mesh, typed: bool, *arrays):
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         run = partial(_local_losses_in_context, plan)
         out = jax.sharding.auto_axes(run, out_sharding=plan.out_spec)(*arrays)
-    return jax.device_put(out, NamedSharding(auto, plan.out_spec))
+    return jax.tree.map(lambda o, s: jax.device_put(o, NamedSharding(auto, s)), out, plan.out_spec)
 
 
-def _vocab_parallel_xent_kernel(opts: ChunkedXentOptions, z, y):
-    """Per-shard body of :func:`vocab_parallel_cross_entropy`: ``z [n, V / k]``, ``y [n]``.
+def _vocab_parallel_xent_kernel(opts: ChunkedXentOptions, z, *weights_and_labels):
+    """Per-shard body of :func:`vocab_parallel_cross_entropy`: ``z [n, V / k]``, ``(ω) y [n]``.
 
     The per-token losses (``"none"``) or their sum over the device's ``n`` tokens.
     """
+    *weights, y = weights_and_labels
     axis_name, eps = opts.axis_name, opts.xent.label_smoothing
     cdt = compute_dtype(z.dtype)
     z = z.astype(cdt)
@@ -408,6 +455,7 @@ def _vocab_parallel_xent_kernel(opts: ChunkedXentOptions, z, y):
         num_classes=opts.num_classes,
         ignore_index=opts.ignore_index,
         options=opts.xent,
+        token_weights=weights[0] if weights else None,
     )
     return reduce_token_losses(terms.loss, terms.omega, opts.reduction)[0]
 
@@ -425,15 +473,20 @@ class _LinearArgs(NamedTuple):
     gradients_in_forward: bool | None
     num_classes: int
     axis_name: str | None
+    weighted: bool = False  # token weights come just before the labels
+    return_aux: bool = False
+    w_layout: str = "dv"
 
 
-def _vocab_parallel_linear_xent_kernel(args: _LinearArgs, x, w, *bias_and_labels):
-    """Per-shard body of :func:`vocab_parallel_linear_cross_entropy`: ``(b,) y`` last.
+def _vocab_parallel_linear_xent_kernel(args: _LinearArgs, x, w, *rest):
+    """Per-shard body of :func:`vocab_parallel_linear_cross_entropy`: ``(b) (ω) y`` last.
 
-    The chunked kernel on one device's ``x [n, D]`` and ``w [D, V / k]``, its options resolved
-    for those shapes, with the label range and smoothing denominator of the whole vocabulary.
+    The chunked kernel on one device's ``x [n, D]`` and ``w [D, V / k]`` (``[V / k, D]`` with
+    ``w_layout="vd"``), its options resolved for those shapes, with the label range and
+    smoothing denominator of the whole vocabulary.
     """
-    *bias, y = bias_and_labels
+    *bias, y = rest
+    weights = bias.pop() if args.weighted else None
     x, w, b, y, opts = prepare_linear_inputs(
         x,
         w,
@@ -449,10 +502,12 @@ def _vocab_parallel_linear_xent_kernel(args: _LinearArgs, x, w, *bias_and_labels
         fn="vocab_parallel_linear_cross_entropy",
         num_shards=1,
         axis_name=None,
+        return_aux=args.return_aux,
+        w_layout=args.w_layout,
         check_labels=False,  # checked once for all devices (see _label_check)
     )
     opts = opts._replace(num_classes=args.num_classes, axis_name=args.axis_name)
-    return chunked_xent(x, w, b, y, opts, (x.shape[0],))
+    return chunked_xent(x, w, b, y, opts, (x.shape[0],), token_weights=weights)
 
 
 def vocab_parallel_cross_entropy(
@@ -466,6 +521,7 @@ def vocab_parallel_cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     reduction: str = "mean",
+    token_weights: ArrayLike | None = None,
 ) -> jax.Array:
     r"""Cross-entropy of logits whose class axis is sharded over a mesh axis.
 
@@ -480,7 +536,9 @@ def vocab_parallel_cross_entropy(
         \sum_c z_{nc} + \lambda\, \mathrm{lse}_n^2
 
     where the double sum and :math:`z_{n y_n}` are ``lax.psum``\ s over the shards. Ignored
-    tokens give 0 and ``"mean"`` divides by the number of tokens not ignored (0 if none). The
+    tokens give 0 and ``"mean"`` divides by the number of tokens not ignored (0 if none); with
+    ``token_weights`` each token's loss is :math:`\omega_n \ell_n` and ``"mean"`` divides by
+    :math:`\sum_n \omega_n`. The
     gradient, by reverse-mode autodiff through the collectives, is
     :math:`\partial \ell_n / \partial z_{nc} = p_{nc}(1 + 2\lambda\,\mathrm{lse}_n)
     - (1-\varepsilon)[c = y_n] - \varepsilon/V` on each shard, with no communication beyond the
@@ -488,8 +546,9 @@ def vocab_parallel_cross_entropy(
 
     The ``N`` tokens are split over the other mesh axes (data parallelism): each device reduces
     only its own tokens' logits over its own classes, and ``"mean"`` is
-    :math:`\mathrm{psum}(\sum_n \ell_n) / \mathrm{psum}(\sum_n \omega_n)` over those axes
-    (:math:`\omega_n = 1` for a token not ignored).
+    :math:`\mathrm{psum}(\sum_n \omega_n \ell_n) / \mathrm{psum}(\sum_n \omega_n)` over those
+    axes (:math:`\omega_n` the token's weight, 1 without ``token_weights``; 0 for an ignored
+    token).
 
     Multi-host: call ``jax.distributed.initialize()`` on every process first; build ``mesh``
     from ``jax.devices()`` (all hosts' devices) exactly as on one host, and pass global arrays.
@@ -512,6 +571,11 @@ def vocab_parallel_cross_entropy(
       label_smoothing: :math:`\varepsilon \in [0, 1]`.
       z_loss: :math:`\lambda \ge 0`.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+      token_weights: optional per-token weights :math:`\omega` of ``labels``' shape ``[...]``,
+        floating point, or bool as a loss mask (``True`` counts), as in
+        :func:`jsoftmax.linear_cross_entropy`: checked on the global array, placed like the
+        labels (split over the data axes, replicated over ``axis_name``); constants, with no
+        gradient. With ``mesh=None``: this device's weights, of its labels' shape.
 
     Returns:
       A scalar, or for ``"none"`` the per-token losses of ``labels``' shape, split over the
@@ -581,10 +645,11 @@ def vocab_parallel_cross_entropy(
     )
     token_shape = labels.shape
     n = math.prod(token_shape)
+    tw = as_token_weights(token_weights, token_shape, compute_dtype(logits.dtype), fn)
     local_reduction = "none" if reduction == "none" else "sum"
     if mesh is None:
         return _per_shard_logits(
-            logits, labels, axis_name, data_axis_name, ignore_index, xent, reduction, fn
+            logits, labels, tw, axis_name, data_axis_name, ignore_index, xent, reduction, fn
         )
     k = _check_mesh(mesh, axis_name, v_given, f"logits {logits.shape}", fn)
     v = v_given
@@ -592,25 +657,29 @@ def vocab_parallel_cross_entropy(
     check = _label_check(labels, v, ignore_index, token_shape, fn)
     opts = ChunkedXentOptions(1, v // k, v, ignore_index, xent, None, local_reduction, axis_name)
     tok_spec = tok or None
+    weighted = tw is not None
+    arrays = (logits.reshape(n, v),) + ((tw.reshape(n),) if weighted else ()) + (labels.reshape(n),)
     plan = _Plan(
         _vocab_parallel_xent_kernel,
         opts,
         axis_name,
         tok,
-        (P(tok_spec, None), P(tok_spec)),
-        (P(None, axis_name), P()),
+        (P(tok_spec, None),) + (P(tok_spec),) * (1 + weighted),
+        (P(None, axis_name),) + (P(),) * (1 + weighted),
         reduction,
         ignore_index,
         check,
+        weighted,
     )
-    out = _run_sharded(plan, mesh, logits.reshape(n, v), labels.reshape(n))
+    out = _run_sharded(plan, mesh, *arrays)
     return _token_shaped(out, token_shape) if reduction == "none" else out
 
 
-def explicit_placement(*arrays):
+def explicit_placement(*arrays, w_layout: str = "dv"):
     """``(mesh, vocabulary axis)`` for :func:`jsoftmax.linear_cross_entropy`, or ``None``.
 
-    ``arrays`` are ``x [..., D]``, ``w [D, V]`` and ``labels [...]``. On a mesh with
+    ``arrays`` are ``x [..., D]``, ``w [D, V]`` (``[V, D]`` with ``w_layout="vd"``) and
+    ``labels [...]``. On a mesh with
     ``Explicit`` axes (the default of ``jax.make_mesh``) the sharding is in the type: where the
     tokens of ``x`` or ``labels`` or the vocabulary of ``w`` (over one mesh axis) are sharded,
     the loss runs as :func:`linear_xent_on_mesh` so that each device forms logits only for its
@@ -639,7 +708,8 @@ def explicit_placement(*arrays):
     if any(t == AxisType.Manual for t in mesh.axis_types):
         return None
     tokens = tuple(specs[0])[: x.ndim - 1] + tuple(specs[2])
-    vocab = tuple(specs[1])[1] if w.ndim == 2 and len(specs[1]) > 1 else None
+    w_spec = tuple(specs[1]) + (None,) * 2
+    vocab = w_spec[0 if w_layout == "vd" else 1] if w.ndim == 2 else None
     if isinstance(vocab, tuple):
         vocab = vocab[0] if len(vocab) == 1 else None  # over several axes: gathered instead
     if vocab is None and all(e is None for e in tokens):
@@ -671,6 +741,23 @@ def _token_shaped(out, token_shape):
     return out.reshape(token_shape)
 
 
+def _shaped_out(out, token_shape, reduction: str, aux: bool, shape=_token_shaped):
+    """The loss (and ``aux``'s per-token fields) from ``[N]`` to ``token_shape``."""
+    if not aux:
+        return shape(out, token_shape) if reduction == "none" else out
+    loss, extra = out
+    if reduction == "none":
+        loss = shape(loss, token_shape)
+        extra = extra._replace(
+            z_loss=shape(extra.z_loss, token_shape), accuracy=shape(extra.accuracy, token_shape)
+        )
+    return loss, extra._replace(lse=shape(extra.lse, token_shape))
+
+
+def _reshaped(a, token_shape):
+    return a.reshape(token_shape)
+
+
 def vocab_parallel_linear_cross_entropy(
     x: ArrayLike,
     w: ArrayLike,
@@ -687,7 +774,10 @@ def vocab_parallel_linear_cross_entropy(
     softcap: float | None = None,
     reduction: str = "mean",
     gradients_in_forward: bool | None = None,
-) -> jax.Array:
+    token_weights: ArrayLike | None = None,
+    return_aux: bool = False,
+    w_layout: str = "dv",
+) -> jax.Array | tuple[jax.Array, LinearCrossEntropyAux]:
     r"""Chunked linear cross-entropy with ``w`` (and ``bias``) sharded over the vocabulary.
 
     Computes :func:`jsoftmax.linear_cross_entropy` — the cross-entropy of
@@ -707,8 +797,9 @@ def vocab_parallel_linear_cross_entropy(
 
     The tokens are split over the other mesh axes (data parallelism): each device forms the
     logits of its own ``N / d`` tokens over its own ``V / k`` classes only, ``"mean"`` divides
-    the ``psum`` of the local sums by the ``psum`` of the local token counts over those axes,
-    and ``dw``/``dbias`` are summed over them (one ``psum`` of the ``[D, V / k]`` shard).
+    the ``psum`` of the local sums by the ``psum`` of the local :math:`\sum_n \omega_n` over
+    those axes (the token counts without ``token_weights``), and ``dw``/``dbias`` are summed
+    over them (one ``psum`` of the ``[D, V / k]`` shard).
 
     Multi-host: call ``jax.distributed.initialize()`` on every process first; build ``mesh``
     from ``jax.devices()`` (all hosts' devices) exactly as on one host, and pass global arrays.
@@ -717,7 +808,8 @@ def vocab_parallel_linear_cross_entropy(
       x: token features ``[..., D]``, best placed with the tokens over the data axes
         (``PartitionSpec(data_axes, None)``); other placements are resharded.
       w: ``[D, V]`` sharded (or to be sharded) as ``PartitionSpec(None, axis_name)``; with
-        ``mesh=None``, this device's ``[D, V / k]`` shard.
+        ``mesh=None``, this device's ``[D, V / k]`` shard. With ``w_layout="vd"``: ``[V, D]``
+        as ``PartitionSpec(axis_name, None)`` (the shard ``[V / k, D]``).
       labels: integer class indices of ``x``'s leading shape ``[...]``, placed like the tokens.
       mesh: the ``jax.sharding.Mesh``, or ``None`` for the per-shard form (as in
         :func:`vocab_parallel_cross_entropy`; inside the caller's ``shard_map``).
@@ -734,10 +826,28 @@ def vocab_parallel_linear_cross_entropy(
         before ``softmax − target`` is formed, and ``dw``/``dbias`` stay on their shards.
         ``gradients_in_forward=False`` keeps the recompute path (the forward rule then holds
         no ``[D, V / k]`` gradient buffer beside ``w``'s own).
+      token_weights: optional per-token weights :math:`\omega` of ``labels``' shape ``[...]``
+        (floating, or a bool loss mask), as in :func:`jsoftmax.linear_cross_entropy`: checked
+        on the global array and placed like the labels (split over the data axes, replicated
+        over ``axis_name``); ``"mean"`` divides by the ``psum`` of every device's
+        :math:`\sum_n \omega_n`. Constants, with no gradient. With ``mesh=None``: this
+        device's weights, of its labels' shape.
+      return_aux: if ``True``, also return the :class:`jsoftmax.LinearCrossEntropyAux` of
+        :func:`jsoftmax.linear_cross_entropy`, over all devices' tokens and the whole
+        vocabulary: ``lse`` per token (split over the data axes like the labels), ``z_loss``
+        and ``accuracy`` per token for ``"none"`` and otherwise reduced like the loss (their
+        ``psum`` over the data axes, divided by the loss's divisor for ``"mean"``; the argmax
+        combined over the vocabulary shards by ``pmax``/``pmin``, ties to the first maximal
+        class), and ``num_tokens`` the global :math:`\sum_n \omega_n`. No gradient flows
+        through them.
+      w_layout: ``"dv"`` (``w`` is ``[D, V]``) or ``"vd"`` (``w`` is ``[V, D]``, a tied
+        embedding table): ``V`` is then ``w.shape[0]``, and ``dw`` comes back ``[V, D]`` with
+        ``w``'s sharding.
 
     Returns:
       A scalar, or for ``"none"`` the per-token losses of ``labels``' shape, split over the
-      data axes like the tokens; the dtype of :func:`jsoftmax.linear_cross_entropy`.
+      data axes like the tokens; the dtype of :func:`jsoftmax.linear_cross_entropy`. With
+      ``return_aux=True`` the pair ``(loss, aux)``.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -750,6 +860,15 @@ def vocab_parallel_linear_cross_entropy(
       ...     x, w, labels, mesh=mesh, axis_name="vocab")
       >>> print(jnp.allclose(loss, jsoftmax.linear_cross_entropy(x, w, labels)))
       True
+
+      A loss mask, the auxiliary outputs and a ``[V, D]`` table:
+
+      >>> mask = jnp.array([True, True, False])
+      >>> loss, aux = jsoftmax.vocab_parallel_linear_cross_entropy(
+      ...     x, w.T, labels, mesh=mesh, axis_name="vocab", token_weights=mask,
+      ...     return_aux=True, w_layout="vd")
+      >>> print(float(aux.num_tokens), aux.lse.shape)
+      2.0 (3,)
 
     Notes:
       * As :func:`jsoftmax.linear_cross_entropy`: non-finite inputs give ``NaN`` for the
@@ -785,6 +904,9 @@ def vocab_parallel_linear_cross_entropy(
             softcap=softcap,
             reduction=reduction,
             gradients_in_forward=gradients_in_forward,
+            token_weights=token_weights,
+            return_aux=return_aux,
+            w_layout=w_layout,
         )
     if not isinstance(mesh, Mesh):
         raise TypeError(
@@ -805,6 +927,9 @@ def vocab_parallel_linear_cross_entropy(
         softcap=softcap,
         reduction=reduction,
         gradients_in_forward=gradients_in_forward,
+        token_weights=token_weights,
+        return_aux=return_aux,
+        w_layout=w_layout,
         fn=fn,
     )
 
@@ -825,6 +950,9 @@ def linear_xent_on_mesh(
     softcap=None,
     reduction="mean",
     gradients_in_forward=None,
+    token_weights=None,
+    return_aux=False,
+    w_layout="dv",
     fn: str,
 ):
     """The chunked linear cross-entropy with each device of ``mesh`` on its own tokens.
@@ -836,7 +964,8 @@ def linear_xent_on_mesh(
     token_shape = np.shape(x)[:-1]
     w_shape = np.shape(w)
     k = 1
-    if axis_name is not None and axis_name in mesh.axis_names and len(w_shape) == 2 and w_shape[1]:
+    v_given = w_shape[0 if w_layout == "vd" else 1] if len(w_shape) == 2 else 0
+    if axis_name is not None and axis_name in mesh.axis_names and v_given:
         k = int(mesh.shape[axis_name])
     x, w, bias, labels, opts = prepare_linear_inputs(
         x,
@@ -853,15 +982,20 @@ def linear_xent_on_mesh(
         fn=fn,
         num_shards=k,
         axis_name=axis_name,
+        return_aux=return_aux,
+        w_layout=w_layout,
         check_labels=False,  # checked once for all devices (see _label_check)
     )
+    tw = as_token_weights(token_weights, token_shape, compute_dtype(x.dtype), fn)
+    tw = None if tw is None else tw.reshape(labels.shape)
     if axis_name is not None and isinstance(mesh, Mesh):  # an abstract one: from the types
-        _check_mesh(mesh, axis_name, w.shape[1], f"w {w.shape}", fn)
+        _check_mesh(mesh, axis_name, opts.num_classes, f"w {w.shape}", fn)
     n = x.shape[0]
     tok = _token_axes(mesh, axis_name, n, data_axis_name, fn)
     check = _label_check(labels, opts.num_classes, opts.ignore_index, token_shape, fn)
     if n == 0:  # nothing to shard: the local rule handles empty inputs
-        return chunked_xent(x, w, bias, labels, opts._replace(axis_name=None), token_shape)
+        local = opts._replace(axis_name=None)
+        return chunked_xent(x, w, bias, labels, local, token_shape, token_weights=tw)
     args = _LinearArgs(
         chunk_size,
         opts.ignore_index,
@@ -872,11 +1006,16 @@ def linear_xent_on_mesh(
         gradients_in_forward,
         opts.num_classes,
         axis_name,
+        tw is not None,
+        opts.return_aux,
+        opts.w_layout,
     )
     t = tok or None
-    arrays = (x, w, labels) if bias is None else (x, w, bias, labels)
-    token_specs = (P(t, None), P()) + ((P(),) if bias is not None else ()) + (P(t),)
-    vocab_specs = (P(), P(None, axis_name)) + ((P(axis_name),) if bias is not None else ()) + (P(),)
+    has_b, weighted = bias is not None, tw is not None
+    arrays = (x, w) + ((bias,) if has_b else ()) + ((tw,) if weighted else ()) + (labels,)
+    token_specs = (P(t, None), P()) + (P(),) * has_b + (P(t),) * (1 + weighted)
+    w_spec = P(axis_name, None) if opts.w_layout == "vd" else P(None, axis_name)
+    vocab_specs = (P(), w_spec) + (P(axis_name),) * has_b + (P(),) * (1 + weighted)
     plan = _Plan(
         _vocab_parallel_linear_xent_kernel,
         args,
@@ -887,9 +1026,11 @@ def linear_xent_on_mesh(
         opts.reduction,
         opts.ignore_index,
         check,
+        weighted,
+        opts.return_aux,
     )
     out = _run_sharded(plan, mesh, *arrays)
-    return _token_shaped(out, token_shape) if opts.reduction == "none" else out
+    return _shaped_out(out, token_shape, opts.reduction, opts.return_aux)
 
 
 def _bound_axes(axis_name, data_axis_name, fn: str) -> tuple[int, tuple[str, ...]]:
@@ -929,7 +1070,9 @@ def _per_shard_check(labels, num_classes, ignore_index, tok, fn):
     jax.debug.callback(partial(_raise_first_bad_label, check=check), *first)
 
 
-def _per_shard_logits(logits, labels, axis_name, data_axis_name, ignore_index, xent, reduction, fn):
+def _per_shard_logits(
+    logits, labels, tw, axis_name, data_axis_name, ignore_index, xent, reduction, fn
+):
     """:func:`vocab_parallel_cross_entropy` with ``mesh=None``: inside the caller's shard_map."""
     k, tok = _bound_axes(axis_name, data_axis_name, fn)
     token_shape = labels.shape
@@ -938,12 +1081,15 @@ def _per_shard_logits(logits, labels, axis_name, data_axis_name, ignore_index, x
     opts = ChunkedXentOptions(1, v_loc, v_loc * k, ignore_index, xent, None, local, axis_name)
     y = labels.reshape(n)
     _per_shard_check(y, v_loc * k, ignore_index, tok, fn)
-    out = _vocab_parallel_xent_kernel(opts, logits.reshape(n, v_loc), y)
-    out = _reduce_over_tokens(out, y, tok, reduction, ignore_index)
+    tw = () if tw is None else (tw.reshape(n),)
+    out = _vocab_parallel_xent_kernel(opts, logits.reshape(n, v_loc), *tw, y)
+    out = _reduce_over_tokens(out, y, tw[0] if tw else None, tok, reduction, ignore_index)
     return out.reshape(token_shape) if reduction == "none" else out
 
 
-def _per_shard_linear(x, w, labels, *, axis_name, data_axis_name, bias, reduction, **options):
+def _per_shard_linear(
+    x, w, labels, *, axis_name, data_axis_name, bias, reduction, token_weights, **options
+):
     """:func:`vocab_parallel_linear_cross_entropy` with ``mesh=None`` (the caller's shard_map)."""
     fn = "vocab_parallel_linear_cross_entropy"
     k, tok = _bound_axes(axis_name, data_axis_name, fn)
@@ -960,7 +1106,9 @@ def _per_shard_linear(x, w, labels, *, axis_name, data_axis_name, bias, reductio
         **options,
         check_labels=False,  # checked once for all devices (see _label_check)
     )
-    num_classes = w.shape[1] * k
+    tw = as_token_weights(token_weights, token_shape, compute_dtype(x.dtype), fn)
+    tw = None if tw is None else tw.reshape(labels.shape)
+    num_classes = opts.num_classes * k
     _per_shard_check(labels, num_classes, opts.ignore_index, tok, fn)
     if opts.reduction == "mean":  # the local sum: the mean divides by every device's count
         _, _, _, _, opts = prepare_linear_inputs(
@@ -985,15 +1133,16 @@ def _per_shard_linear(x, w, labels, *, axis_name, data_axis_name, bias, reductio
                 "carries are typed over axis_name only). Pass check_vma=False to the shard_map, "
                 "or call the loss on global arrays with mesh= (which splits the tokens itself)"
             )
-        out = chunked_xent(x, w, bias, labels, opts, (x.shape[0],))
+        out = chunked_xent(x, w, bias, labels, opts, (x.shape[0],), token_weights=tw)
     else:
-        out = _unchecked_shard(x, w, bias, labels, opts, k)
-    out = _reduce_over_tokens(out, labels, tok, reduction, opts.ignore_index)
-    return out.reshape(token_shape) if reduction == "none" else out
+        out = _unchecked_shard(x, w, bias, labels, tw, opts, k)
+    aux = opts.return_aux
+    out = _reduce_over_tokens(out, labels, tw, tok, reduction, opts.ignore_index, aux)
+    return _shaped_out(out, token_shape, reduction, aux, _reshaped)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _unchecked_shard(x, w, bias, labels, opts: ChunkedXentOptions, k: int):
+@partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _unchecked_shard(x, w, bias, labels, tw, opts: ChunkedXentOptions, k: int):
     """The kernel inside a ``shard_map(check_vma=False)``, with cotangents in that convention.
 
     There a value replicated over an axis has its cotangent split over the axis's devices (their
@@ -1003,18 +1152,26 @@ def _unchecked_shard(x, w, bias, labels, opts: ChunkedXentOptions, k: int):
     split cotangent of the loss over the vocabulary axis, and hands back ``x̄ / k``, which the
     ``shard_map`` sums over the ``k`` vocabulary shards again.
     """
-    return chunked_xent(x, w, bias, labels, opts, (x.shape[0],))
+    return chunked_xent(x, w, bias, labels, opts, (x.shape[0],), token_weights=tw)
 
 
-def _unchecked_shard_fwd(x, w, bias, labels, opts, k):
-    out, vjp = jax.vjp(lambda *a: chunked_xent(*a, labels, opts, (x.shape[0],)), x, w, bias)
+def _unchecked_shard_fwd(x, w, bias, labels, tw, opts, k):
+    def f(*a):
+        return chunked_xent(*a, labels, opts, (x.shape[0],), token_weights=tw)
+
+    out, vjp = jax.vjp(f, x, w, bias)
     return out, vjp
 
 
 def _unchecked_shard_bwd(opts, k, vjp, g):
     # true cotangent: Σ over the vocabulary shards of the split one; x̄ is psummed again outside
-    dx, dw, db = vjp(lax.psum(g, opts.axis_name))
-    return dx / k, dw, db, None
+    # (the auxiliary outputs carry no gradient: their cotangents are passed on unread)
+    if opts.return_aux:
+        g = (lax.psum(g[0], opts.axis_name), g[1])
+    else:
+        g = lax.psum(g, opts.axis_name)
+    dx, dw, db = vjp(g)
+    return dx / k, dw, db, None, None
 
 
 _unchecked_shard.defvjp(_unchecked_shard_fwd, _unchecked_shard_bwd)
