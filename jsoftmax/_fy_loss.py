@@ -34,12 +34,11 @@ from jax.typing import ArrayLike
 
 from jsoftmax._checks import Axis, check_reduction, compute_dtype
 from jsoftmax._loss import _example_weight, _per_class, _prepare, _safe_labels
+from jsoftmax._mesh import take_at_label
 from jsoftmax._softmax import logsumexp, max_shifted
 from jsoftmax._sparse import (
     _alpha_minus_one,
     _check_n_iter,
-    _class_spec,
-    _nan_where,
     _prepare_alpha,
     _series_or_direct,
     _sum_to,
@@ -47,7 +46,7 @@ from jsoftmax._sparse import (
     entmax_bisect_twin,
     sparsemax_twin,
 )
-from jsoftmax._xent_engine import reduce_token_losses, xmul
+from jsoftmax._xent_engine import poison, reduce_token_losses, xmul
 
 __all__ = ["entmax_loss", "sparsemax_loss"]
 
@@ -205,17 +204,6 @@ def _target_dot_bwd(res, g):
 _target_dot.defvjp(_target_dot_fwd, _target_dot_bwd)
 
 
-def _label_logit(theta: jax.Array, y: jax.Array) -> jax.Array:
-    """``θ_y``: a gather, or where the class axis is sharded (Explicit mesh axes) a masked sum,
-    which JAX can split (a gather across devices has no sharding it can infer)."""
-    if _class_spec(theta, (theta.ndim - 1,)) is None:
-        return jnp.take_along_axis(theta, y[..., None], -1)[..., 0]
-    iota = lax.broadcasted_iota(
-        y.dtype, theta.shape, theta.ndim - 1, out_sharding=jax.typeof(theta).sharding
-    )
-    return jnp.sum(jnp.where(iota == y[..., None], theta, jnp.zeros_like(theta)), -1)
-
-
 def _fy_loss(fn, logits, labels, axis, weight, ignore_index, reduction, where, alpha, n_iter):
     """Shared body of the two losses: per-example ``ω · L`` and the reduction."""
     check_reduction(reduction, fn)
@@ -248,9 +236,9 @@ def _fy_loss(fn, logits, labels, axis, weight, ignore_index, reduction, where, a
     if jnp.issubdtype(inp.labels.dtype, jnp.integer):
         # t = one-hot(y): ⟨z, t⟩ = z_y (a gather; its backward a scatter of −1), Ω(t) = 0
         bad, y = _safe_labels(inp.labels, theta.shape[-1], inp.ok)
-        zy = _label_logit(theta, y) - m
+        zy = take_at_label(theta, y) - m
         omega = _example_weight(inp, cdt)
-        scale = _nan_where(bad, omega)  # an out-of-range label under jit: NaN, never finite
+        (scale,) = poison(bad, omega)  # an out-of-range label under jit: NaN, never finite
         # a label whose logit is -inf scores +inf; an ignored or masked example scores 0
         loss = xmul(scale, conj - zy)
     else:

@@ -46,6 +46,7 @@ from jax.typing import ArrayLike
 
 from jsoftmax._checks import Axis, as_float_array, compute_dtype
 from jsoftmax._softmax import _prepare, max_shifted, softmax
+from jsoftmax._xent_engine import poison
 
 __all__ = ["entmax", "entmax15", "sparsemax"]
 
@@ -165,20 +166,6 @@ def _to_last(z: jax.Array, axes: tuple[int, ...]) -> jax.Array:
 
 def _keepdims_shape(shape, axes):
     return tuple(1 if a in axes else d for a, d in enumerate(shape))
-
-
-def _shifted(x: jax.Array, axes: tuple[int, ...], where: jax.Array | None):
-    """``max_shifted(x, axes, where)``, without its ``-inf`` start where nothing needs one.
-
-    With no mask and non-empty slices the maximum needs no initial value; ``max_shifted``'s
-    ``initial=-inf`` is an infinite constant that ``jax.debug_infs`` under ``jax.disable_jit``
-    reports on finite inputs. Masks (whose entries are ``-inf`` by convention) and empty slices
-    go through ``max_shifted``.
-    """
-    if where is None and _slice_size(x.shape, axes) > 0:
-        m = lax.stop_gradient(jnp.max(x, axes, keepdims=True))
-        return x - m, m  # subtract the max: z ≤ 0, the threshold in [−1, 0] (or [0, log n])
-    return max_shifted(x, axes, where)
 
 
 def _per_slice(z: jax.Array, axes: tuple[int, ...], value: float) -> jax.Array:
@@ -347,7 +334,7 @@ def entmax15_tau_newton(z: jax.Array, axes: tuple[int, ...]) -> jax.Array:
         return (i < limit) & ~jnp.all(done)
 
     # the first pass confirms nothing (k_solved = -1 is no support size); the answer starts as
-    # a placeholder that is read only where `done` (no NaN constant: see _nan_where)
+    # a placeholder that is read only where `done` (no NaN constant: see _xent_engine.poison)
     state = (0, minus_one, minus_one, minus_one, minus_one, minus_one > 0)
     _, _, exact, _, answer, done = lax.while_loop(cond, body, state)
     # (the pass limit is never reached in practice; should it be, the last exact root)
@@ -419,16 +406,6 @@ def entmax_tau_bisect(
 
     _, lo, _ = lax.while_loop(cond, body, (0, lo0, hi0))
     return lo
-
-
-def _nan_where(bad: jax.Array, v: jax.Array) -> jax.Array:
-    """``v``, NaN wherever ``bad``: ``v · q / q`` with ``q = 1 − bad`` (0/0 only where bad).
-
-    Unlike ``jnp.where(bad, nan, v)`` no NaN constant is formed where nothing is NaN, so
-    ``jax.debug_nans`` does not stop on a finite result.
-    """
-    q = (~bad).astype(v.dtype)
-    return v * q / q
 
 
 def _nan_if_posinf(tau: jax.Array, m: jax.Array) -> jax.Array:
@@ -507,7 +484,7 @@ def sparsemax(
 
 def sparsemax_impl(x, where, axes, method):
     """The primal: shift by the maximum, find τ, clip; masked entries exactly 0."""
-    z, m = _shifted(x.astype(compute_dtype(x.dtype)), axes, where)
+    z, m = max_shifted(x.astype(compute_dtype(x.dtype)), axes, where)
     find = sparsemax_tau_newton if method == "newton" else sparsemax_tau_sort
     p = jnp.maximum(z - _nan_if_posinf(find(z, axes), m), 0)
     if where is not None:
@@ -613,7 +590,7 @@ def entmax15(
 
 def entmax15_impl(x, where, axes, method):
     """The primal: ``z = (x − max x)/2``, find τ, square the clipped difference."""
-    z, m = _shifted(x.astype(compute_dtype(x.dtype)), axes, where)
+    z, m = max_shifted(x.astype(compute_dtype(x.dtype)), axes, where)
     z = z / 2  # (α − 1) x with α = 1.5
     find = entmax15_tau_newton if method == "newton" else entmax15_tau_sort
     d = jnp.maximum(z - _nan_if_posinf(find(z, axes), m), 0)
@@ -801,7 +778,7 @@ def entmax(
 
 def entmax_bisect_impl(x, alpha, where, axes, n_iter, static):
     """The primal: ``z = (α − 1)(x − max x)``, bisect τ, power, divide by the sum."""
-    z, m = _shifted(x.astype(compute_dtype(x.dtype)), axes, where)
+    z, m = max_shifted(x.astype(compute_dtype(x.dtype)), axes, where)
     eps = _alpha_minus_one(alpha, static)
     t = _nan_if_posinf(entmax_tau_bisect(z, axes, eps, static, n_iter), m)
     p = entmax_terms(z - t, eps, static)
@@ -817,7 +794,7 @@ def _alpha_minus_one(alpha, static):
     solution: NaN for the slice, never a finite wrong distribution)."""
     if static is not None:
         return static - 1
-    return _nan_where(~((alpha > 1) & jnp.isfinite(alpha)), alpha - 1)
+    return poison(~((alpha > 1) & jnp.isfinite(alpha)), alpha - 1)[0]
 
 
 def _sum_to(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:

@@ -61,11 +61,6 @@ def _run(f, mode):
 @pytest.mark.parametrize("flag", list(FLAGS))
 @pytest.mark.parametrize("name", list(FUNCTIONS))
 def test_no_false_alarm_on_finite_inputs(name, flag, mode):
-    if name == "entmax_loss_1_prob" and flag == "debug_infs" and mode != "jit":
-        pytest.xfail(
-            "alpha = 1 is jsoftmax.logsumexp (_softmax.py, the lead's), whose -inf constant "
-            "debug_infs reports outside jit"
-        )
     f = FUNCTIONS[name]
     with FLAGS[flag](True):
         value = _run(f, mode)
