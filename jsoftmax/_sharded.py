@@ -720,7 +720,8 @@ def explicit_placement(*arrays, w_layout: str = "dv"):
 def _label_check(labels, num_classes, ignore_index, token_shape, fn) -> _LabelCheck | None:
     """Check concrete labels now; for traced ones, what the checked-labels mode needs, if on."""
     if not isinstance(labels, jax.core.Tracer):
-        check_labels_in_range(labels, num_classes, ignore_index, fn)
+        # at the position in the caller's labels, not in the flattened [N] ones
+        check_labels_in_range(labels.reshape(token_shape), num_classes, ignore_index, fn)
         return None
     if not _LABEL_CHECKS["on"]:
         return None

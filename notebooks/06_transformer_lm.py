@@ -196,9 +196,12 @@ class LM(eqx.Module):
 # ## Two losses, one model
 #
 # Both weight each target token the same way: 0 for the first `context` positions of each
-# window (too little context to judge the model by), 1 elsewhere; the loss is the weighted
-# mean. `jsoftmax_loss` hands the hidden states and the tied table to the vocabulary-parallel
-# loss; `plain_loss` forms the logits and uses optax.
+# window (too little context to judge the model by), 0.5 for whitespace targets (the easy
+# bytes of indented source), 1 elsewhere; the loss is the weighted mean. `jsoftmax_loss` hands
+# the hidden states and the tied `[V, D]` table to the vocabulary-parallel loss with these
+# `token_weights` and `return_aux=True`, which also returns the accuracy (argmax = target) and
+# the per-token log-sum-exp from the same pass, without logits; `plain_loss` forms the logits
+# and uses optax, and computes the same accuracy from them.
 
 # %%
 n_dev = len(jax.devices())
@@ -208,7 +211,9 @@ print(mesh)
 
 def token_weights(targets):
     pos = jnp.arange(targets.shape[1])[None, :]
-    return jnp.broadcast_to(pos >= CFG["context"], targets.shape).astype(jnp.float32)
+    enough_context = jnp.broadcast_to(pos >= CFG["context"], targets.shape)
+    whitespace = (targets == ord(" ")) | (targets == ord("\n"))
+    return jnp.where(enough_context, jnp.where(whitespace, 0.5, 1.0), 0.0)
 
 
 def split_batch(batch):
@@ -218,10 +223,17 @@ def split_batch(batch):
 def jsoftmax_loss(model, batch):
     tokens, targets = split_batch(batch)
     h = model.hidden(tokens)
-    ignored = jnp.where(token_weights(targets) > 0, targets, -100)
-    return jsoftmax.vocab_parallel_linear_cross_entropy(
-        h, model.embed.T, ignored, mesh=mesh, axis_name="model", ignore_index=-100
+    loss, aux = jsoftmax.vocab_parallel_linear_cross_entropy(
+        h,
+        model.embed,  # the tied table as it is, [V, D]: no transposed copy
+        targets,
+        mesh=mesh,
+        axis_name="model",
+        w_layout="vd",
+        token_weights=token_weights(targets),
+        return_aux=True,
     )
+    return loss, {"accuracy": aux.accuracy, "mean_lse": jnp.mean(aux.lse)}
 
 
 def plain_loss(model, batch):
@@ -229,7 +241,12 @@ def plain_loss(model, batch):
     logits = model.hidden(tokens) @ model.embed.T
     per_token = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     w = token_weights(targets)
-    return jnp.sum(per_token * w) / jnp.sum(w)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    mean_lse = jnp.mean(jax.nn.logsumexp(logits, axis=-1))
+    return jnp.sum(per_token * w) / jnp.sum(w), {
+        "accuracy": jnp.sum(correct * w) / jnp.sum(w),
+        "mean_lse": mean_lse,
+    }
 
 
 optimizer = optax.adamw(CFG["lr"])
@@ -238,12 +255,37 @@ optimizer = optax.adamw(CFG["lr"])
 def make_step(loss_fn):
     @jax.jit
     def step(model, opt_state, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(model, batch)
+        (loss, logs), grads = jax.value_and_grad(loss_fn, has_aux=True)(model, batch)
         updates, opt_state = optimizer.update(grads, opt_state, model)
-        return optax.apply_updates(model, updates), opt_state, loss
+        return optax.apply_updates(model, updates), opt_state, loss, logs
 
     return step
 
+
+# %% [markdown]
+# ## One step, side by side
+#
+# From the same parameters and batch, both losses give the same value, the same logged
+# accuracy and log-sum-exp, and the same gradient for every parameter, to float32 round-off.
+
+# %%
+with jax.set_mesh(mesh):
+    model0 = jax.device_put(LM(CFG, jax.random.key(0)), NamedSharding(mesh, P()))
+    batch = jax.device_put(next(batches(seed=1)), NamedSharding(mesh, P("data")))
+    (loss_j, logs_j), grads_j = jax.jit(jax.value_and_grad(jsoftmax_loss, has_aux=True))(
+        model0, batch
+    )
+    (loss_p, logs_p), grads_p = jax.jit(jax.value_and_grad(plain_loss, has_aux=True))(model0, batch)
+print(f"loss {float(loss_j):.6f} vs {float(loss_p):.6f}")
+print(f"accuracy {float(logs_j['accuracy']):.6f} vs {float(logs_p['accuracy']):.6f}")
+worst = max(
+    float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+    for a, b in zip(
+        jax.tree_util.tree_leaves(grads_j), jax.tree_util.tree_leaves(grads_p), strict=True
+    )
+)
+print(f"largest gradient difference, relative to the parameter's largest entry: {worst:.1e}")
+assert abs(float(loss_j) - float(loss_p)) < 1e-5 * float(loss_p) and worst < 1e-5, worst
 
 # %% [markdown]
 # ## Train both
@@ -263,17 +305,53 @@ with jax.set_mesh(mesh):
         stream, losses = batches(seed=1), []
         for _ in range(CFG["steps"]):
             batch = jax.device_put(next(stream), by_batch)
-            model, opt_state, loss = steps[name](model, opt_state, batch)
+            model, opt_state, loss, logs = steps[name](model, opt_state, batch)
             losses.append(float(loss))
         curves[name] = np.array(losses)
-        print(f"{name:>8}: loss {losses[0]:.4f} -> {losses[-1]:.4f} after {CFG['steps']} steps")
+        print(
+            f"{name:>8}: loss {losses[0]:.4f} -> {losses[-1]:.4f} after {CFG['steps']} steps; "
+            f"last batch: accuracy {float(logs['accuracy']):.3f}, "
+            f"mean log-sum-exp {float(logs['mean_lse']):.3f}"
+        )
 
-# Relative differences: at the first steps they are float32 round-off in the loss itself;
-# AdamW then carries the parameters' round-off differences forward, and they grow slowly
+# Relative differences of the two curves. Over the first steps they are the loss's own
+# float32 round-off. Later steps start from parameters that differ by the round-off of every
+# earlier update, which AdamW (dividing each gradient by its running RMS) enlarges for
+# parameters whose gradient is near 0, and training is chaotic enough to grow it: the two runs
+# drift apart by more than one step's round-off.
 gap = np.abs(curves["jsoftmax"] - curves["plain"]) / curves["plain"]
 print(f"loss curves' relative difference: {gap[:5].max():.1e} over the first 5 steps,")
-print(f"{gap.max():.1e} over all {len(gap)}")
-assert gap[:5].max() < 1e-5 and gap.max() < 1e-3, gap
+print(f"{np.median(gap):.1e} median and {gap.max():.1e} largest over all {len(gap)}")
+assert gap[:5].max() < 1e-5, gap
+
+# %% [markdown]
+# The drift is the runs', not the losses': replayed along the plain run's own trajectory (the
+# same parameters and batches), the two losses agree at every checkpoint to round-off, in
+# value and in every gradient.
+
+# %%
+grad_j = jax.jit(jax.value_and_grad(jsoftmax_loss, has_aux=True))
+grad_p = jax.jit(jax.value_and_grad(plain_loss, has_aux=True))
+with jax.set_mesh(mesh):
+    model, opt_state = model0, jax.device_put(optimizer.init(model0), replicated)
+    stream = batches(seed=1)
+    for i in range(CFG["steps"]):
+        batch = jax.device_put(next(stream), by_batch)
+        if i % max(CFG["steps"] // 5, 1) == 0:
+            (lj, _), gj = grad_j(model, batch)
+            (lp, _), gp = grad_p(model, batch)
+            worst = max(
+                float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+                for a, b in zip(
+                    jax.tree_util.tree_leaves(gj), jax.tree_util.tree_leaves(gp), strict=True
+                )
+            )
+            print(f"step {i:3d}: loss {float(lj):.6f} vs {float(lp):.6f}, gradients {worst:.1e}")
+            assert abs(float(lj) - float(lp)) < 1e-5 * float(lp) and worst < 1e-5, worst
+        model, opt_state, _, _ = steps["plain"](model, opt_state, batch)
+        # one program at a time: on faked CPU devices two multi-device programs in flight
+        # can wait on each other's collectives
+        jax.block_until_ready(model)
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.5))
