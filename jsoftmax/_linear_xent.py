@@ -149,6 +149,9 @@ class ChunkedXentOptions(NamedTuple):
     # "dv": w is [D, V_local]; "vd": w is [V_local, D] (torch.nn.Linear's weight, a tied
     # embedding table), contracted on its second axis by the block matmuls, never transposed
     w_layout: str = "dv"
+    # manual mesh axes other than axis_name that the inputs vary over (the tokens split over
+    # them inside a shard_map with check_vma=True): every loop carry varies over them too
+    varying_axes: tuple[str, ...] = ()
 
 
 class LinearCrossEntropyAux(NamedTuple):
@@ -687,9 +690,13 @@ def _varying(tree, opts: ChunkedXentOptions):
     The carries pick up shard-dependent values in the loop, and a loop's carry type, which
     includes how it varies over mesh axes, must not change between iterations.
     """
-    if opts.axis_name is None:
-        return tree
-    return lax.pcast(tree, opts.axis_name, to="varying")
+    axes = () if opts.axis_name is None else (opts.axis_name,)
+    return _varying_over(tree, axes + tuple(opts.varying_axes))
+
+
+def _varying_over(tree, axes: tuple[str, ...]):
+    """``tree`` marked as varying over the manual mesh ``axes`` (the identity for none)."""
+    return lax.pcast(tree, axes, to="varying") if axes else tree
 
 
 def _combined_argmax(arg, m_loc, m, opts: ChunkedXentOptions, v_loc: int):
@@ -1003,9 +1010,14 @@ def _fused_value_and_grads(x, w, bias, labels, tw, opts: ChunkedXentOptions):
     aux0 = None
     if opts.return_aux:  # per-token lse, and the totals of the z-loss part and of the hits
         aux0 = (jnp.zeros((n,), cdt), jnp.zeros((), cdt), jnp.zeros((), cdt))
-    # the loss total (and aux) is the same on every shard (it is made of combined statistics);
-    # the gradient carries pick up shard-dependent values
-    init = (jnp.zeros((), cdt), *_varying(grads, opts), aux0)
+    # the loss total (and aux) is the same on every vocabulary shard (it is made of combined
+    # statistics) but not across the token shards; the gradient carries vary over both
+    token_axes = tuple(opts.varying_axes)
+    init = (
+        _varying_over(jnp.zeros((), cdt), token_axes),
+        *_varying(grads, opts),
+        _varying_over(aux0, token_axes),
+    )
     total, dx, dw, db, aux = lax.fori_loop(0, nt, body, init)
     if axis is not None:
         dx = lax.psum(dx, axis)  # each shard holds its classes' share of x̄

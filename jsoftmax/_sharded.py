@@ -880,11 +880,9 @@ def vocab_parallel_linear_cross_entropy(
         :func:`vocab_parallel_cross_entropy`); ``dw`` and ``dbias`` keep their shardings.
       * With :func:`jsoftmax.label_checks` on, out-of-range labels raise from every device
         together, as in :func:`vocab_parallel_cross_entropy`.
-      * The per-shard form (``mesh=None``) with the tokens split over other axes needs the
-        caller's ``shard_map(..., check_vma=False)`` (with ``check_vma=True`` it raises
-        ``NotImplementedError``: the chunked kernel's loop carries are typed over
-        ``axis_name`` only); first-order gradients are tested there. With the tokens
-        replicated (a ``shard_map`` over ``axis_name`` alone) either setting works.
+      * The per-shard form (``mesh=None``) works inside the caller's ``shard_map`` with
+        ``check_vma=True`` (the default) or ``False``, with the tokens split over other axes
+        or replicated.
 
     See also:
       :func:`vocab_parallel_cross_entropy`, :func:`jsoftmax.linear_cross_entropy`.
@@ -1126,14 +1124,17 @@ def _per_shard_linear(
         )
     opts = opts._replace(num_classes=num_classes, axis_name=axis_name)
     if axis_name in _varying_axes(w):  # shard_map(check_vma=True): the kernel's own types
-        extra = sorted(_varying_axes(x) | _varying_axes(labels))
+        extra = _varying_axes(x) | _varying_axes(labels)
+        if tw is not None:
+            extra |= _varying_axes(tw)
+        extra = tuple(sorted(extra - {axis_name}))
         if extra:
-            raise NotImplementedError(
-                f"{fn}: inside jax.shard_map with check_vma=True, x and labels must not vary "
-                f"over mesh axes; they vary over {tuple(extra)} (the chunked kernel's loop "
-                "carries are typed over axis_name only). Pass check_vma=False to the shard_map, "
-                "or call the loss on global arrays with mesh= (which splits the tokens itself)"
-            )
+            # The tokens vary over other axes: the kernel's carries vary over them too, and w
+            # (and bias), invariant there, enter as varying copies, so that their cotangents
+            # (each device's share) are summed over those axes by pcast's transpose.
+            opts = opts._replace(varying_axes=extra)
+            w = lax.pcast(w, extra, to="varying")
+            bias = None if bias is None else lax.pcast(bias, extra, to="varying")
         out = chunked_xent(x, w, bias, labels, opts, (x.shape[0],), token_weights=tw)
     else:
         out = _unchecked_shard(x, w, bias, labels, tw, opts, k)
