@@ -7,41 +7,17 @@ and checks what a one-device mesh can: argument validation and the trivial mesh.
 
 from __future__ import annotations
 
-import os
-import pathlib
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _workers import run_worker
 
 import jsoftmax
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
 
 def test_eight_device_worker():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "--no-header",
-        str(ROOT / "tests" / "_sharded_worker.py"),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    assert " passed" in out and "skipped" not in out, out[-3000:]
+    run_worker("_sharded_worker.py")
 
 
 def _args():

@@ -6,7 +6,7 @@ subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``.
 
 from __future__ import annotations
 
-from test_sharded_data import run_worker
+from _workers import run_worker
 
 
 def test_eight_device_worker():

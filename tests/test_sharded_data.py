@@ -7,35 +7,11 @@ before JAX starts). This process keeps one device and checks the per-shard form'
 
 from __future__ import annotations
 
-import os
-import pathlib
-import subprocess
-import sys
-
 import jax.numpy as jnp
 import pytest
+from _workers import run_worker
 
 import jsoftmax
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def run_worker(name: str, timeout: int = 1500) -> str:
-    """Run ``tests/<name>`` under pytest with 8 faked CPU devices; its output."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header"]
-    cmd.append(str(ROOT / "tests" / name))
-    proc = subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=timeout
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    assert " passed" in out and "skipped" not in out, out[-3000:]
-    return out
 
 
 def test_eight_device_worker():

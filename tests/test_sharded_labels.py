@@ -7,7 +7,7 @@ test rather than the whole session.
 
 from __future__ import annotations
 
-from test_sharded_data import run_worker
+from _workers import run_worker
 
 
 def test_eight_device_worker():
