@@ -664,7 +664,7 @@ def cross_entropy(
         kernels for integer labels over the last axis (with ``ignore_index``,
         ``label_smoothing``, ``z_loss``, per-example ``where``; not class ``weight``, per-class
         ``where``, tuple axes or probability labels), which raise ``ValueError`` saying why
-        where they cannot run. See :mod:`jsoftmax._dispatch`.
+        where they cannot run. See :func:`jsoftmax.use_implementation`.
 
     Returns:
       A scalar for ``"mean"`` and ``"sum"``; the per-example losses of ``logits``' shape

@@ -118,7 +118,7 @@ def softmax(
       implementation: ``None`` (default: ``"xla"``), ``"xla"`` or ``"mosaic_gpu"`` (the
         Pallas kernel: last axis, no ``where``, float16/bfloat16/float32, classes a multiple
         of 128; raises ``ValueError`` saying why where it cannot run). See
-        :mod:`jsoftmax._dispatch`.
+        :func:`jsoftmax.use_implementation`.
 
     Returns:
       An array of ``x``'s shape and dtype whose slices along ``axis`` sum to one.
