@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jsoftmax._checks import as_float_array, single_axis
-from jsoftmax._mesh import explicit_sharding, reshard_like
+from jsoftmax._mesh import explicit_spec, reshard_like
 from jsoftmax._softmax import softmax
 from jsoftmax._sparse import _prepare_alpha, entmax, entmax15, sparsemax, support_weights
 
@@ -26,11 +26,8 @@ def _classes_unsharded(s: jax.Array) -> jax.Array:
     The ``n × n`` block indexes classes twice, and one mesh axis cannot shard both of its
     axes: the Jacobian is sharded over the other axes only.
     """
-    sharding = explicit_sharding(s)
-    if sharding is None:
-        return s
-    spec = tuple(sharding.spec) + (None,) * (s.ndim - len(sharding.spec))
-    return reshard_like(s, s, (*spec[:-1], None))
+    spec = explicit_spec(s)
+    return s if spec is None else reshard_like(s, s, (*spec[:-1], None))
 
 
 def softmax_jacobian(x: ArrayLike, axis: int = -1) -> jax.Array:

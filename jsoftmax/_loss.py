@@ -47,6 +47,7 @@ from jsoftmax._impl import mosaic_gpu
 from jsoftmax._mesh import (
     batch_ones,
     explicit_sharding,
+    explicit_spec,
     gather_1d,
     reshard_like,
     sharded_where,
@@ -219,7 +220,7 @@ def _placed(inp: _Inputs) -> _Inputs:
     between them is local to a device, whatever placement the caller gave the labels or masks.
     """
     z = inp.logits
-    spec = _spec_of(z)
+    spec = explicit_spec(z)
     if spec is None:
         return inp
     batch, cls = spec[:-1], spec[-1:]
@@ -240,15 +241,6 @@ def _placed(inp: _Inputs) -> _Inputs:
         like(inp.mask, spec),
         like(inp.count, batch),
     )
-
-
-def _spec_of(x: jax.Array) -> tuple | None:
-    """``x``'s partition spec, one entry per axis, on an ``Explicit`` mesh; else ``None``."""
-    sharding = explicit_sharding(x)
-    if sharding is None:
-        return None
-    spec = tuple(sharding.spec)
-    return spec + (None,) * (x.ndim - len(spec))
 
 
 def _broadcasts(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:

@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 __all__ = [
     "batch_ones",
     "explicit_sharding",
+    "explicit_spec",
     "gather_1d",
     "reshard_like",
     "sharded_where",
@@ -40,6 +41,12 @@ def explicit_sharding(x) -> NamedSharding | None:
     if not any(t == AxisType.Explicit for t in mesh.axis_types):
         return None
     return sharding
+
+
+def explicit_spec(x) -> tuple | None:
+    """``x``'s partition spec, one entry per axis, on an ``Explicit`` mesh; else ``None``."""
+    sharding = explicit_sharding(x)
+    return None if sharding is None else _normalized(sharding.spec, x.ndim)
 
 
 def reshard_like(a: jax.Array, ref, spec: tuple | None = None) -> jax.Array:
