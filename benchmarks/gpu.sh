@@ -3,7 +3,7 @@
 # written as soon as it finishes (a run stopped by its time limit keeps the finished suites),
 # then the optimised HLO of softmax's value_and_grad (jsoftmax and jax.nn) for reading.
 # Uses the machine's own python3 with jax[cuda]; jsoftmax from this checkout, not installed.
-# Usage: benchmarks/gpu.sh OUT_DIR [F32_SECONDS] [BF16_SECONDS] [MOSAIC_SECONDS]
+# Usage: benchmarks/gpu.sh OUT_DIR [F32_SECONDS] [BF16_SECONDS] [MOSAIC_SECONDS] [LXENT_SECONDS]
 set -uo pipefail
 out=${1:?output folder}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -30,3 +30,9 @@ PY
 # 4096 rows; shapes the kernels cannot serve are reported with the reason, not timed as XLA.
 # Tested on CPU with: python benchmarks/mosaic_gpu_bench.py OUT --rows 5 --cols 256 --interpret
 timeout "${4:-240}" python3 benchmarks/mosaic_gpu_bench.py "$out/mosaic_gpu.json"
+# issue 22: linear_cross_entropy value_and_grad at N=8192, D=1024, V in {32768, 65536}, float32
+# and bfloat16: the Mosaic GPU block kernel (strict: V=65536 float32 rows exceed its shared
+# memory and are reported as refused) against XLA's blocks, the naive loss and three matmuls.
+# Tested on CPU with: python benchmarks/linear_xent_gpu_bench.py OUT --n 40 --d 16 --vocab 256
+#   --dtypes float32 --reps 1 --interpret (tests/test_mosaic_gpu_linear_xent.py runs it)
+timeout "${5:-180}" python3 benchmarks/linear_xent_gpu_bench.py "$out/linear_xent_gpu.json"

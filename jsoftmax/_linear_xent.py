@@ -41,6 +41,9 @@ from jsoftmax._checks import (
     check_xent_options,
     compute_dtype,
 )
+from jsoftmax._dispatch import check_implementation, choose
+from jsoftmax._impl import mosaic_gpu
+from jsoftmax._tracing import in_differentiated_loop_body
 from jsoftmax._xent_engine import (
     UniformWeightTerms,
     XentOptions,
@@ -152,6 +155,9 @@ class ChunkedXentOptions(NamedTuple):
     # manual mesh axes other than axis_name that the inputs vary over (the tokens split over
     # them inside a shard_map with check_vma=True): every loop carry varies over them too
     varying_axes: tuple[str, ...] = ()
+    # what forms each block's z̄ on the gradients-in-forward path: "xla", or "mosaic_gpu" for
+    # the Pallas kernel (jsoftmax._impl.mosaic_gpu.linear_xent_block)
+    implementation: str = "xla"
 
 
 class LinearCrossEntropyAux(NamedTuple):
@@ -224,6 +230,7 @@ def linear_cross_entropy(
     token_weights: ArrayLike | None = None,
     return_aux: bool = False,
     w_layout: str = "dv",
+    implementation: str | None = None,
 ) -> jax.Array | tuple[jax.Array, LinearCrossEntropyAux]:
     r"""Cross-entropy of the logits ``x @ w + bias``, computed in chunks without forming them.
 
@@ -262,7 +269,8 @@ def linear_cross_entropy(
     :math:`\bar x = \bar s\, w^\top`, :math:`\bar w = x^\top \bar s` and
     :math:`\bar b = \sum_n \bar s_n` by one of two paths:
 
-    * **gradients in the forward pass** (the default for ``"mean"`` and ``"sum"``): the
+    * **gradients in the forward pass** (the default for ``"mean"`` and ``"sum"``, except
+      in a loop body differentiated from outside the loop: see ``gradients_in_forward``): the
       ``custom_vjp`` forward rule walks blocks of ``tn`` tokens, forms each block's logits over
       the whole vocabulary once, and computes the loss, ``dx``, ``dw`` and ``dbias`` for a unit
       cotangent; it saves only those gradients and the backward pass scales them. Three
@@ -278,7 +286,8 @@ def linear_cross_entropy(
       blocks run faster (see ``BENCHMARKS.md``: 1024-token blocks, what an H100's budget
       gives at ``N = 8192``, took 1.14× the naive time where 512 took 1.37×).
     * **recompute** (``reduction="none"``, whose per-token cotangents are only known in the
-      backward pass, or ``gradients_in_forward=False``): the forward rule saves ``x``, ``w``,
+      backward pass, a call in the body of a ``lax.scan`` that ``jax.grad`` differentiates
+      from outside, or ``gradients_in_forward=False``): the forward rule saves ``x``, ``w``,
       ``bias``, ``labels`` and two numbers per token (the shift and the log-sum) and the mean's
       divisor; the backward pass forms every ``[token_chunk, vocab_chunk]`` block of logits
       again. Four matmuls, but no ``[D, V]`` buffer beyond the gradient itself and blocks
@@ -301,9 +310,16 @@ def linear_cross_entropy(
       softcap: :math:`c > 0` for logit soft-capping :math:`c \tanh(s/c)` (as in Gemma 2),
         applied before the loss in value and gradient; ``None`` for no capping.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-      gradients_in_forward: ``None`` (automatic: on for ``"mean"`` and ``"sum"``), ``True``
-        (``"none"`` raises ``ValueError``) or ``False`` to force the recompute path, e.g. when
-        ``w`` is so large that a second ``[D, V]`` buffer should not be held.
+      gradients_in_forward: ``None`` (automatic), ``True`` (``"none"`` raises
+        ``ValueError``) or ``False`` to force the recompute path, e.g. when ``w`` is so large
+        that a second ``[D, V]`` buffer should not be held. Automatic: off for ``"none"``;
+        for ``"mean"`` and ``"sum"`` on, except where the call is traced in the body of a
+        ``lax.scan``, ``lax.map`` or ``fori_loop`` with no ``jax.grad`` (or ``value_and_grad``,
+        ``vjp``) and no ``jax.checkpoint`` between the call and the loop: a ``grad`` of the
+        loop would save every step's ``dw`` (see Notes, "Gradient accumulation"). ``jit``,
+        ``vmap``, ``cond`` and ``shard_map`` in between do not change the choice. It is made
+        when the function is traced: a jitted function traced outside a loop keeps its path
+        when called inside one.
       token_weights: optional per-token weights :math:`\omega` of ``labels``' shape ``[...]``,
         floating point, or bool as a loss mask (``True`` counts); cast to the loss's dtype.
         They are constants: no gradient flows into them (their cotangent is zero). One
@@ -322,6 +338,18 @@ def linear_cross_entropy(
       w_layout: ``"dv"`` (``w`` is ``[D, V]``) or ``"vd"`` (``w`` is ``[V, D]``: PyTorch's
         ``nn.Linear`` weight, a tied embedding table); ``"vd"`` is contracted on its last axis
         by the block matmuls without a transposed copy, and its gradient is ``[V, D]`` too.
+      implementation: ``None`` (default: ``"xla"``), ``"xla"`` or ``"mosaic_gpu"``: what
+        forms each block's statistics and :math:`\bar z` on the gradients-in-forward path.
+        ``"mosaic_gpu"`` is one Pallas kernel per block (a Hopper GPU, or GPU interpret mode)
+        that reads the block's raw logits once and writes :math:`\bar z` once, with every
+        option above; the matmuls stay XLA's. It needs ``V`` a multiple of 128 and a float32
+        row of ``V`` logits within the kernel's shared-memory budget (``V ≤ 49152``), one
+        device (no Explicit mesh), and the gradients-in-forward path: calls on the recompute
+        path (``reduction="none"``, ``gradients_in_forward=False`` or the automatic choice in
+        a differentiated loop body) raise with an explicit ``"mosaic_gpu"`` and fall back to
+        ``"xla"`` under :func:`jsoftmax.use_implementation`. An undifferentiated call computes
+        the loss on the XLA path (the online pass over vocabulary chunks). No GPU has measured
+        the kernel yet, so ``None`` does not pick it.
 
     Returns:
       A scalar for ``"mean"``/``"sum"``; the per-token losses of ``labels``' shape for
@@ -381,18 +409,24 @@ def linear_cross_entropy(
         largest possible entry into ``[2**14, 2**15)`` before it is rounded for the gradient
         matmuls (and the results by its inverse), so it neither overflows nor flushes to 0.
       * Gradient accumulation: the gradients-in-forward path hands ``dw`` to the backward
-        pass as a residual, so ``jax.grad`` of a ``lax.scan`` (or a Python loop) over ``T``
-        calls holds ``T`` float32 ``[D, V]`` buffers. Either take ``value_and_grad`` inside the
-        scan body and add the gradients in the carry, or put the step under
-        ``jax.checkpoint`` (its backward pass then runs the forward rule again: one extra
-        logits pass, the recompute path's four matmuls), or pass
-        ``gradients_in_forward=False``. Compiled temp memory (CPU, float32, ``T = 8``,
-        512 tokens a step, ``D = 256``, ``V = 8192``, ``dw`` = 8 MiB): grad of scan 100.6 MiB
-        (164.6 MiB at ``T = 16``: 8 MiB a step), checkpointed 20.6 MiB, ``value_and_grad`` in
-        the body 18.6 MiB; recompute path 22.5, 18.5 and 16.5 MiB. At ``T = 8``, 256 tokens,
-        ``D = 512``, ``V = 16384`` (``dw`` = 32 MiB): 340.6, 68.6 and 66.6 MiB; recompute
-        44.5, 40.5 and 38.5 MiB. A single call under ``value_and_grad``, the usual training
-        step, holds one ``dw`` and is the faster path, so it stays the default.
+        pass as a residual, and ``jax.grad`` of a ``lax.scan`` saves every step's residuals,
+        so on that path ``T`` steps would hold ``T`` float32 ``[D, V]`` buffers. The automatic
+        choice (``gradients_in_forward=None``) therefore takes the recompute path in a loop
+        body differentiated from outside, and the gradients-in-forward path everywhere else:
+        under ``value_and_grad`` taken inside the body (gradients added in the carry) and
+        under ``jax.checkpoint`` (whose backward pass runs the forward rule again, one
+        extra logits pass) no step holds a ``dw``. Compiled temp memory (CPU, float32,
+        ``T = 8`` micro-batches of 512 tokens, ``D = 256``, ``V = 8192``, ``dw`` = 8 MiB),
+        grad of scan / checkpointed step / ``value_and_grad`` in the body: automatic 24.6 /
+        20.6 / 18.6 MiB; ``gradients_in_forward=True`` 100.6 (164.6 at ``T = 16``: a ``dw``
+        a step) / 20.6 / 18.6; ``False`` 24.6 / 34.5 / 16.5. At 256 tokens, ``D = 512``,
+        ``V = 16384`` (``dw`` = 32 MiB): automatic 44.5 / 68.6 / 66.6, ``True`` 340.6 / 68.6
+        / 66.6, ``False`` 44.5 / 78.5 / 38.5. A Python loop of ``T`` calls under one
+        ``grad`` holds ``T`` buffers the size of ``dw`` on either path (each call's part of
+        the gradient, until XLA adds them up): use a ``lax.scan``. A ``lax.scan`` around a
+        ``shard_map`` that calls this function inside holds a ``dw`` a step on the default
+        path (the loop is not visible from a ``shard_map`` body): pass
+        ``gradients_in_forward=False`` there.
 
     See also:
       :func:`jsoftmax.cross_entropy`, :func:`jsoftmax.vocab_parallel_linear_cross_entropy`.
@@ -402,9 +436,12 @@ def linear_cross_entropy(
     # tokens (and vocabulary shard) in a shard_map; _sharded imports this module, hence here.
     from jsoftmax._sharded import explicit_placement, linear_xent_on_mesh
 
+    implementation = check_implementation(implementation, fn)
     placement = explicit_placement(x, w, labels, w_layout=w_layout)
     if placement is not None:
         mesh, vocab_axis = placement
+        # the kernel takes one device's blocks; an explicit request (or strict mode) raises
+        choose(fn, implementation, lambda: "inputs sharded on an Explicit mesh are not covered")
         return linear_xent_on_mesh(
             x,
             w,
@@ -442,6 +479,7 @@ def linear_cross_entropy(
         axis_name=None,
         return_aux=return_aux,
         w_layout=w_layout,
+        implementation=implementation,
     )
     tw = as_token_weights(token_weights, token_shape, compute_dtype(x.dtype), fn)
     tw = None if tw is None else tw.reshape(labels.shape)
@@ -467,12 +505,16 @@ def prepare_linear_inputs(
     return_aux: bool = False,
     w_layout: str = "dv",
     check_labels: bool = True,
+    implementation: str | bool | None = False,
 ):
     """Validate and canonicalise the arguments; returns ``(x2d, w, bias, labels1d, options)``.
 
     ``num_shards`` is how many vocabulary shards ``w`` is split into (1 on one device); chunk
     sizes are chosen for one shard's ``V / num_shards`` classes. ``token_weights`` are checked
     apart (``as_token_weights``), so that this returns the same five things with or without.
+    ``implementation``: ``linear_cross_entropy``'s argument, resolved here by
+    :func:`jsoftmax._dispatch.choose`; ``False`` (the sharded losses, which have no switch):
+    ``"xla"`` without asking.
     """
     x = as_float_array(x, "x", fn)
     w = as_float_array(w, "w", fn)
@@ -541,10 +583,17 @@ def prepare_linear_inputs(
     if check_labels:
         check_labels_in_range(labels, v, ignore_index, fn)
     fused = None
-    if reduction != "none" and gradients_in_forward is not False and n > 0:
+    # automatic (None): the gradients-in-forward path, except in the body of a loop that a
+    # grad outside it differentiates, where each step's dw would be saved (jsoftmax._tracing)
+    automatic_fused = gradients_in_forward is None and not in_differentiated_loop_body()
+    if reduction != "none" and (gradients_in_forward or automatic_fused) and n > 0:
         # an explicit token chunk sets the block of either path; the vocabulary is whole here
         explicit = None if chunk_size is None or isinstance(chunk_size, int) else chunk_size[0]
         fused = _fused_token_chunk(n, v // num_shards, compute_dtype(dtype), explicit)
+    chosen = "xla"
+    if implementation is not False:
+        problem = _kernel_problem(fused, axis_name, n, v, compute_dtype(dtype))
+        chosen = choose(fn, implementation, problem)
     opts = ChunkedXentOptions(
         tn,
         tv,
@@ -558,8 +607,29 @@ def prepare_linear_inputs(
         jnp.dtype(dtype),
         bool(return_aux),
         w_layout,
+        implementation=chosen,
     )
     return x.reshape(n, d), w, bias, labels.reshape(n), opts
+
+
+def _kernel_problem(fused: int | None, axis_name, n: int, v: int, cdt):
+    """Why the Mosaic GPU block kernel cannot serve this call (``None`` if it can)."""
+
+    def problem():
+        if fused is None:
+            return (
+                "the kernel forms the blocks of the gradients-in-forward path; this call takes "
+                "the recompute path (reduction='none', gradients_in_forward=False, or the "
+                "automatic choice in a loop body differentiated from outside: pass "
+                "gradients_in_forward=True)"
+            )
+        if axis_name is not None:
+            return "a vocabulary sharded over a mesh axis is not covered"
+        return mosaic_gpu.environment_problem() or mosaic_gpu.rows_problem(
+            (min(fused, n), v), cdt, 1
+        )
+
+    return problem
 
 
 def chunked_xent(
@@ -635,6 +705,11 @@ def _block_logits(x_blk, w_blk, b_blk, softcap, cdt, w_layout: str = "dv"):
         s = s + b_blk.astype(cdt)[None, :]
     if softcap is None:
         return s, None
+    return _soft_cap(s, softcap)
+
+
+def _soft_cap(s, softcap: float):
+    """``(c tanh(s/c), tanh(s/c))``: the capped logits and ``t`` for their derivative ``1 − t²``."""
     t = jnp.tanh(s / softcap)
     return softcap * t, t  # t is kept for the derivative c·tanh'(s/c)/c = 1 − t²
 
@@ -915,6 +990,7 @@ def _fused_value_and_grads(x, w, bias, labels, tw, opts: ChunkedXentOptions):
     scale = jnp.asarray(1 / divisor, cdt)
     mm_dtype = x.dtype  # the matmuls take the operands' dtype and accumulate in cdt
     float16 = x.dtype == jnp.float16  # z̄ is scaled into float16's range (_float16_operand)
+    kernel = opts.implementation == "mosaic_gpu"  # each block's z̄ from the Pallas kernel
 
     def body(i, carry):
         total, dx, dw, db, aux = carry
@@ -925,43 +1001,72 @@ def _fused_value_and_grads(x, w, bias, labels, tw, opts: ChunkedXentOptions):
         new_rows = row0 + jnp.arange(tn) >= row_nominal
         x_blk = lax.dynamic_slice_in_dim(x, row0, tn, 0)
         y_blk = lax.dynamic_slice_in_dim(y_local, row0, tn, 0)
-        z, t = _block_logits(x_blk, w, bias, opts.softcap, cdt, opts.w_layout)
-        # the shift: the row max over every class (all shards), a constant
-        m_loc = lax.stop_gradient(jnp.max(z, axis=1))
-        m = m_loc if axis is None else lax.pmax(m_loc, axis)
-        xs = z - m[:, None]
-        e = jnp.exp(xs)
-        s = jnp.sum(e, axis=1)
-        onehot = cols[None, :] == y_blk[:, None]
-        # z at the label: a gather of one logit per token, not a masked sum over the block
-        # (which XLA's CPU backend compiles to a [tn, V] select written out and read back);
-        # a label outside this shard's classes (or ignored) adds 0
-        here = (y_blk >= 0) & (y_blk < v_loc)
-        z_at = jnp.take_along_axis(z, jnp.clip(y_blk, 0, v_loc - 1)[:, None], axis=1)[:, 0]
-        zy = jnp.where(here, z_at, 0)
-        zs = jnp.sum(xs, axis=1) if smooth else None
-        if axis is not None:
-            s, zy = lax.psum(s, axis), lax.psum(zy, axis)
-            zs = lax.psum(zs, axis) if smooth else None
-        log_s = jnp.log(s)
         labels_blk = lax.dynamic_slice_in_dim(labels, row0, tn, 0)
         tw_blk = None if tw is None else lax.dynamic_slice_in_dim(tw, row0, tn, 0)
-        terms = uniform_weight_terms(
-            m,
-            log_s,
-            zy,
-            zs,
-            labels_blk,
+        g = jnp.where(new_rows, scale, 0)
+        engine = partial(
+            uniform_weight_terms,
+            labels=labels_blk,
             num_classes=opts.num_classes,
             ignore_index=opts.ignore_index,
             options=opts.xent,
             token_weights=tw_blk,
         )
-        g = jnp.where(new_rows, scale, 0)
+        if kernel:
+            # the Pallas kernel: the statistics, the engine's terms and z̄ in one read and one
+            # write of the block's raw logits (soft-capped inside the kernel)
+            s_raw, _ = _block_logits(x_blk, w, bias, None, cdt, opts.w_layout)
+            dz, m, log_s, zy, zs = mosaic_gpu.linear_xent_block(
+                s_raw,
+                labels_blk,
+                g.astype(jnp.float32),
+                None if tw_blk is None else tw_blk.astype(jnp.float32),
+                num_classes=opts.num_classes,
+                ignore_index=opts.ignore_index,
+                options=opts.xent,
+                softcap=opts.softcap,
+            )
+            m, log_s, zy, zs = (a.astype(cdt) for a in (m, log_s, zy, zs))
+            # the loss (and aux) from the kernel's statistics, by the same engine
+            terms = engine(m, log_s, zy, zs if smooth else None)
+            dz = dz.astype(cdt)
+            m_loc = m
+            if opts.return_aux:  # the argmax of the capped logits (XLA: one more read)
+                capped = s_raw if opts.softcap is None else _soft_cap(s_raw, opts.softcap)[0]
+                arg_loc = jnp.argmax(capped, axis=1)
+        else:
+            z, t = _block_logits(x_blk, w, bias, opts.softcap, cdt, opts.w_layout)
+            # the shift: the row max over every class (all shards), a constant
+            m_loc = lax.stop_gradient(jnp.max(z, axis=1))
+            m = m_loc if axis is None else lax.pmax(m_loc, axis)
+            xs = z - m[:, None]
+            e = jnp.exp(xs)
+            s = jnp.sum(e, axis=1)
+            onehot = cols[None, :] == y_blk[:, None]
+            # z at the label: a gather of one logit per token, not a masked sum over the block
+            # (which XLA's CPU backend compiles to a [tn, V] select written out and read
+            # back); a label outside this shard's classes (or ignored) adds 0
+            here = (y_blk >= 0) & (y_blk < v_loc)
+            z_at = jnp.take_along_axis(z, jnp.clip(y_blk, 0, v_loc - 1)[:, None], axis=1)[:, 0]
+            zy = jnp.where(here, z_at, 0)
+            zs = jnp.sum(xs, axis=1) if smooth else None
+            if axis is not None:
+                s, zy = lax.psum(s, axis), lax.psum(zy, axis)
+                zs = lax.psum(zs, axis) if smooth else None
+            log_s = jnp.log(s)
+            terms = engine(m, log_s, zy, zs)
+            # z̄ = G (coef · p − a · onehot − share), with p = e / s kept in the block
+            dz = (g * terms.coef / s)[:, None] * e - jnp.where(onehot, (g * terms.a)[:, None], 0)
+            if smooth:
+                dz = dz - (g * terms.share)[:, None]
+            if t is not None:
+                dz = dz * (1 - t * t)  # d/ds [c tanh(s/c)] = 1 − tanh²(s/c)
+            if opts.return_aux:
+                arg_loc = jnp.argmax(z, axis=1)
         total = total + jnp.sum(jnp.where(new_rows, terms.loss, 0))
         if aux is not None:
             lse_all, zl_tot, acc_tot = aux
-            arg = _combined_argmax(jnp.argmax(z, axis=1), m_loc, m, opts, v_loc)
+            arg = _combined_argmax(arg_loc, m_loc, m, opts, v_loc)
             lse, zl, acc = _aux_token_terms(m, log_s, arg, labels_blk, terms, opts)
             old_lse = lax.dynamic_slice_in_dim(lse_all, row0, tn, 0)
             lse_all = lax.dynamic_update_slice_in_dim(
@@ -970,12 +1075,6 @@ def _fused_value_and_grads(x, w, bias, labels, tw, opts: ChunkedXentOptions):
             zl_tot = zl_tot + jnp.sum(jnp.where(new_rows, zl, 0))
             acc_tot = acc_tot + jnp.sum(jnp.where(new_rows, acc, 0))
             aux = lse_all, zl_tot, acc_tot
-        # z̄ = G (coef · p − a · onehot − share), with p = e / s kept in the block
-        dz = (g * terms.coef / s)[:, None] * e - jnp.where(onehot, (g * terms.a)[:, None], 0)
-        if smooth:
-            dz = dz - (g * terms.share)[:, None]
-        if t is not None:
-            dz = dz * (1 - t * t)  # d/ds [c tanh(s/c)] = 1 − tanh²(s/c)
         if float16:
             dzm, down = _float16_operand(dz, g * _dz_bound(terms, smooth, tw is not None))
         else:

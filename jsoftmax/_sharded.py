@@ -51,6 +51,7 @@ from jsoftmax._linear_xent import (
     chunked_xent,
     prepare_linear_inputs,
 )
+from jsoftmax._tracing import automatic_gradients_in_forward
 from jsoftmax._xent_engine import mean_divisor, reduce_token_losses, uniform_weight_terms
 
 __all__ = [
@@ -882,7 +883,11 @@ def vocab_parallel_linear_cross_entropy(
         together, as in :func:`vocab_parallel_cross_entropy`.
       * The per-shard form (``mesh=None``) works inside the caller's ``shard_map`` with
         ``check_vma=True`` (the default) or ``False``, with the tokens split over other axes
-        or replicated.
+        or replicated. A loop outside that ``shard_map`` cannot be seen from inside it (JAX
+        traces a ``shard_map`` body apart), so the automatic ``gradients_in_forward`` stays
+        on there: pass ``gradients_in_forward=False`` when ``jax.grad`` differentiates a
+        ``lax.scan`` around the ``shard_map`` (see :func:`jsoftmax.linear_cross_entropy`,
+        Notes, "Gradient accumulation").
 
     See also:
       :func:`vocab_parallel_cross_entropy`, :func:`jsoftmax.linear_cross_entropy`.
@@ -960,6 +965,9 @@ def linear_xent_on_mesh(
     over the other axes (see :func:`_token_axes`). ``mesh`` is a ``Mesh``, or the abstract
     context mesh of ``jax.set_mesh`` (the dispatch of :func:`jsoftmax.linear_cross_entropy`).
     """
+    # the automatic path is chosen here, outside the shard_map: a loop around this call is
+    # not visible from inside the shard_map's body (see jsoftmax._tracing)
+    gradients_in_forward = automatic_gradients_in_forward(gradients_in_forward)
     token_shape = np.shape(x)[:-1]
     w_shape = np.shape(w)
     k = 1

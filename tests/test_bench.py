@@ -332,3 +332,31 @@ def test_alternated_processes_report_time_and_peak_memory_of_both():
     assert row["ratio"] == pytest.approx(row["jsoftmax_ms"] / row["baseline_ms"])
     assert row["jsoftmax_rss_growth_mib"] >= 0 and row["torch_rss_growth_mib"] >= 0
     assert "threads" in row["baseline"] and row["round"] == 1
+
+
+# jsoftmax.bench.linear_xent.accumulation — "time at one [size] against the naive loss's
+# ``grad`` of a scan" and "compiled temp memory at several sizes", "with the automatic path
+# choice and with each path forced"
+def test_accumulation_suite_times_every_pattern_and_path_and_measures_their_memory():
+    rows = linear_xent.accumulation(quick=True)
+    timed = [r for r in rows if "jsoftmax_ms" in r]
+    memory = [r for r in rows if "temp_mib" in r]
+    assert len(timed) == 9 and len(memory) == 9 * len(linear_xent.ACCUMULATION_QUICK)
+    for r in timed:
+        assert r["ratio"] == pytest.approx(r["jsoftmax_ms"] / r["baseline_ms"])
+        assert "grad of a scan" in r["baseline"]
+    # the automatic grad of a scan is the recompute path's program, and the forced
+    # gradients-in-forward path holds a dw a step more at every size
+    steps, _, d, v = linear_xent.ACCUMULATION_QUICK[-1]
+    temp = {r["op"]: r["temp_mib"] for r in memory if r["shape"].startswith(f"T={steps} ")}
+    auto, forced, off = (
+        temp[f"gradient accumulation: grad of scan, {path} (compiled, not run)"]
+        for path in (
+            "automatic (default)",
+            "gradients_in_forward=True",
+            "gradients_in_forward=False",
+        )
+    )
+    assert auto == off
+    assert forced - auto >= (steps - 1) * d * v * 4 / 2**20
+    assert "linear_xent_accumulation" in bench.SUITES

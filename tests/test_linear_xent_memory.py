@@ -24,14 +24,19 @@ def _growth(gif, pattern):
     return (many - few) / (MANY - FEW)
 
 
-# linear_cross_entropy — "Gradient accumulation: ... Either take ``value_and_grad`` inside the
-# scan body ..., or put the step under ``jax.checkpoint`` ..., or pass
-# ``gradients_in_forward=False``"
+# linear_cross_entropy — "Gradient accumulation: ... The automatic choice
+# (``gradients_in_forward=None``) therefore takes the recompute path in a loop body
+# differentiated from outside, and the gradients-in-forward path everywhere else: under
+# ``value_and_grad`` taken inside the body ... and under ``jax.checkpoint`` ... no step holds a
+# ``dw``"
 @pytest.mark.parametrize(
     ("gif", "pattern"),
     [
-        pytest.param(None, "grad of scan, checkpointed step", id="fused-checkpointed"),
-        pytest.param(None, "value_and_grad in the scan body", id="fused-in_body"),
+        pytest.param(None, "grad of scan", id="automatic-grad_of_scan"),
+        pytest.param(None, "grad of scan, checkpointed step", id="automatic-checkpointed"),
+        pytest.param(None, "value_and_grad in the scan body", id="automatic-in_body"),
+        pytest.param(True, "grad of scan, checkpointed step", id="fused-checkpointed"),
+        pytest.param(True, "value_and_grad in the scan body", id="fused-in_body"),
         pytest.param(False, "grad of scan", id="recompute-grad_of_scan"),
         pytest.param(False, "grad of scan, checkpointed step", id="recompute-checkpointed"),
         pytest.param(False, "value_and_grad in the scan body", id="recompute-in_body"),
@@ -44,18 +49,77 @@ def test_accumulation_holds_no_dw_per_step(gif, pattern):
     assert _growth(gif, pattern) < DW / 4
 
 
-# linear_cross_entropy — "Gradient accumulation: ... ``jax.grad`` of a ``lax.scan`` ... over
-# ``T`` calls holds ``T`` float32 ``[D, V]`` buffers"
-def test_grad_of_scan_on_the_gradients_in_forward_path_holds_one_dw_per_step():
-    # the documented cost (issue 20 item 3): the forward rule hands dw to the backward rule as
+# linear_cross_entropy — "Gradient accumulation: ... so on that path ``T`` steps would hold
+# ``T`` float32 ``[D, V]`` buffers"; "``gradients_in_forward=True`` 100.6 (164.6 at ``T = 16``:
+# a ``dw`` a step)"
+def test_grad_of_scan_on_the_forced_gradients_in_forward_path_holds_one_dw_per_step():
+    # the cost the automatic choice avoids: the forward rule hands dw to the backward rule as
     # a residual, and grad of a scan stacks every step's residuals, so each step holds a dw
-    growth = _growth(None, "grad of scan")
+    growth = _growth(True, "grad of scan")
     assert DW <= growth < 1.5 * DW
 
 
-def test_checkpointed_step_costs_no_more_than_a_single_call_holds():
-    # under checkpoint the whole accumulation needs about what one step's value_and_grad needs
-    fn = accumulation_patterns(None)
-    checkpointed, _ = accumulation_memory(fn["grad of scan, checkpointed step"], MANY, N, D, V)
-    in_body, _ = accumulation_memory(fn["value_and_grad in the scan body"], MANY, N, D, V)
-    assert checkpointed < in_body + DW / 2
+def test_automatic_grad_of_scan_costs_what_the_recompute_path_costs():
+    # the automatic choice in a differentiated scan body is the recompute path itself
+    for steps in (FEW, MANY):
+        auto = accumulation_memory(accumulation_patterns(None)["grad of scan"], steps, N, D, V)
+        recompute = accumulation_memory(
+            accumulation_patterns(False)["grad of scan"], steps, N, D, V
+        )
+        assert auto == recompute
+
+
+def _python_loop(gif):
+    import jax
+    import jax.numpy as jnp
+
+    from jsoftmax import linear_cross_entropy
+
+    def loss(w, xs, ys):
+        total = jnp.zeros((), jnp.float32)
+        for t in range(xs.shape[0]):  # unrolled: T calls under one grad, no loop body
+            total = total + linear_cross_entropy(xs[t], w, ys[t], gradients_in_forward=gif)
+        return total
+
+    return jax.value_and_grad(loss)
+
+
+# linear_cross_entropy — "A Python loop of ``T`` calls under one ``grad`` holds ``T`` buffers
+# the size of ``dw`` on either path (each call's part of the gradient, until XLA adds them up):
+# use a ``lax.scan``"
+@pytest.mark.parametrize("gif", [None, False], ids=["default", "recompute"])
+def test_python_loop_holds_a_dw_per_call_on_either_path(gif):
+    few, _ = accumulation_memory(_python_loop(gif), FEW, N, D, V)
+    many, _ = accumulation_memory(_python_loop(gif), MANY, N, D, V)
+    assert DW <= (many - few) / (MANY - FEW) < 1.5 * DW
+
+
+def _vocab_parallel_grad_of_scan(gif):
+    import jax
+    import jax.numpy as jnp
+
+    from jsoftmax import vocab_parallel_linear_cross_entropy
+
+    mesh = jax.make_mesh((1,), ("model",))
+
+    def loss(w, xs, ys):
+        def body(total, xy):
+            step = vocab_parallel_linear_cross_entropy(
+                *xy[:1], w, xy[1], mesh=mesh, axis_name="model", gradients_in_forward=gif
+            )
+            return total + step, None
+
+        return jax.lax.scan(body, jnp.zeros((), jnp.float32), (xs, ys))[0]
+
+    return jax.value_and_grad(loss)
+
+
+# jsoftmax._tracing — "the sharded losses ask before they enter their ``shard_map``"
+# (vocab_parallel_linear_cross_entropy: the automatic gradients_in_forward of
+# linear_cross_entropy, whose loop body is then visible)
+@pytest.mark.parametrize(("gif", "per_step_dw"), [(None, False), (True, True), (False, False)])
+def test_vocab_parallel_in_a_differentiated_scan_body(gif, per_step_dw):
+    few, _ = accumulation_memory(_vocab_parallel_grad_of_scan(gif), FEW, N, D, V)
+    many, _ = accumulation_memory(_vocab_parallel_grad_of_scan(gif), MANY, N, D, V)
+    growth = (many - few) / (MANY - FEW)
+    assert (growth >= DW) if per_step_dw else (growth < DW / 4)

@@ -19,8 +19,12 @@ What the kernels need (else :func:`rows_problem` names the reason, and the dispa
 count that is a multiple of 128; ``R = 1`` row per buffer fitting in :data:`SMEM_BUDGET`; a JAX
 with ``jax.experimental.pallas.mosaic_gpu``; and either a CUDA GPU of compute capability 9.0
 or newer or GPU interpret mode (``plgpu.force_gpu_interpret_mode``), in which the kernels run
-on CPU. The rules themselves (which residuals, which formula) stay in ``_softmax.py`` and
-``_loss.py``; this file only provides their bodies.
+on CPU. The rules themselves (which residuals, which formula) stay in ``_softmax.py``,
+``_loss.py`` and ``_linear_xent.py``; this file only provides their bodies.
+:func:`linear_xent_block` evaluates the cross-entropy engine's per-token terms
+(:func:`jsoftmax._xent_engine.uniform_weight_terms`) on each row's scalars inside the kernel,
+so both implementations share one formula for ignored tokens, token weights, smoothing, z-loss
+and out-of-range labels.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ __all__ = [
     "cross_entropy_forward",
     "environment_problem",
     "interpret_mode",
+    "linear_xent_block",
     "log_softmax_backward",
     "log_softmax_forward",
     "logsumexp_backward",
@@ -468,3 +473,112 @@ def cross_entropy_backward(z, labels, m, rg, ag, bg) -> jax.Array:
     per_row.append(_scalars(bg))
     dz, _ = _run_rows(_xent_bwd_row, [_as_rows(z)], per_row, 0, True, "jsoftmax_xent_bwd")
     return dz.reshape(z.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# one block of linear_cross_entropy's gradients-in-forward path
+# --------------------------------------------------------------------------------------------
+
+
+def _linear_xent_row(num_classes, ignore_index, options, softcap, weighted):
+    # imported here: the engine imports nothing of this file, but this file stays importable
+    # on its own (the lowering tests import it first)
+    from jsoftmax._xent_engine import uniform_weight_terms
+
+    smooth = options.label_smoothing > 0
+
+    def capped(v):
+        # the soft cap c·tanh(s/c) of the staged raw logits s, and t = tanh(s/c) for its
+        # derivative 1 − t² (as _block_logits forms them)
+        if softcap is None:
+            return v, None
+        t = jnp.tanh(v / softcap)
+        return softcap * t, t
+
+    def row_fn(row: _Row, y, g, *weight):
+        # pass 1 (shared memory): the shift and Σ exp(z − m) of the capped logits
+        def stats(vals, base, carry):
+            m, s = carry
+            z, _ = capped(vals[0])
+            m_new = jnp.maximum(m, jnp.max(z))
+            s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(z - m_new))
+            return m_new, s
+
+        m, s = row.fold(stats, (jnp.float32(_LOWEST), jnp.float32(0)))
+
+        # pass 2: the label's logit and, with smoothing, Σ (z − m) relative to the final shift
+        def sums(vals, base, carry):
+            zy, zs = carry
+            z, _ = capped(vals[0])
+            zy = zy + jnp.sum(jnp.where(_iota(z.shape[0], base) == y, z, 0.0))
+            if smooth:
+                zs = zs + jnp.sum(z - m)
+            return zy, zs
+
+        zy, zs = row.fold(sums, (jnp.float32(0), jnp.float32(0)))
+        log_s = jnp.log(s)
+        # the engine's own per-token terms, on this row's scalars: the same formulas (ignored
+        # tokens, NaN for an out-of-range label, token weights, z-loss) as the XLA path
+        terms = uniform_weight_terms(
+            m,
+            log_s,
+            zy,
+            zs if smooth else None,
+            y,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            options=options,
+            token_weights=weight[0] if weighted else None,
+        )
+        r, a, share = g * terms.coef / s, g * terms.a, g * terms.share
+
+        # pass 3: z̄ = g (coef · p − a · onehot − share) ⊙ (1 − t²), p = exp(z − m) / s, in
+        # float32 (p_y − 1 is never formed from a rounded buffer), written over the logits
+        def grad(vals, base):
+            z, t = capped(vals[0])
+            dz = r * jnp.exp(z - m) - jnp.where(_iota(z.shape[0], base) == y, a, 0.0)
+            if smooth:
+                dz = dz - share
+            return dz if t is None else dz * (1 - t * t)
+
+        row.write(grad)
+        return m, log_s, zy, zs
+
+    return row_fn
+
+
+def linear_xent_block(
+    s: jax.Array,
+    labels: jax.Array,
+    g: jax.Array,
+    token_weights: jax.Array | None,
+    *,
+    num_classes: int,
+    ignore_index: int | None,
+    options,
+    softcap: float | None,
+):
+    """One block's ``z̄`` and per-token statistics in one read and one write of the block.
+
+    Args:
+      s: ``[tn, V]`` float32 raw logits ``x @ w (+ bias)`` of a block, before soft-capping.
+      labels: ``[tn]`` integer labels (``ignore_index`` allowed; others outside ``[0, V)``
+        give NaN terms, as in the engine).
+      g: ``[tn]`` float32 cotangent of each token's loss (0 for a row another block owns).
+      token_weights: ``[tn]`` float32 ``ω`` or ``None`` (1).
+      num_classes, ignore_index, options, softcap: as in
+        :func:`jsoftmax._xent_engine.uniform_weight_terms` and ``linear_cross_entropy``.
+
+    Returns:
+      ``(dz, m, log_s, zy, zs)``: ``dz [tn, V]`` float32, ``g (coef · p − a · onehot −
+      share) ⊙ (1 − t²)``; per token the shift ``m``, ``log Σ exp(z − m)``, the label's
+      (capped) logit and ``Σ (z − m)`` (0 without smoothing), from which the caller forms the
+      loss with the same engine.
+    """
+    weighted = token_weights is not None
+    per_row = [_scalars(labels, jnp.int32), _scalars(g)]
+    if weighted:
+        per_row.append(_scalars(token_weights))
+    row_fn = _linear_xent_row(num_classes, ignore_index, options, softcap, weighted)
+    dz, stats = _run_rows(row_fn, [s.astype(_F32)], per_row, 4, True, "jsoftmax_linear_xent")
+    return (dz, *stats)

@@ -46,6 +46,12 @@ def _linear_xent(quick: bool, dtype: str) -> list[dict]:  # float32 only
     return linear_xent.run(quick=quick)
 
 
+def _linear_xent_accumulation(quick: bool, dtype: str) -> list[dict]:  # float32 only
+    from jsoftmax.bench import linear_xent
+
+    return linear_xent.accumulation(quick=quick)
+
+
 def _linear_xent_processes(quick: bool, dtype: str) -> list[dict]:  # float32, CPU only
     from jsoftmax.bench import linear_xent
 
@@ -89,6 +95,7 @@ SUITES: dict[str, Callable[[bool, str], list[dict]]] = {
     "losses": _losses,
     "linear_xent": _linear_xent,
     "linear_xent_processes": _linear_xent_processes,
+    "linear_xent_accumulation": _linear_xent_accumulation,
     "train_step": _train_step,
     "sparse": _sparse,
     "fusion": _fusion,

@@ -18,12 +18,15 @@ and ``w``:
    same thread count, so neither side runs after the other has warmed or loaded the machine;
    each process reports its median time and its peak RSS growth over the warm-up and timed
    calls (the peak ``VmHWM`` reset after the inputs, and for jsoftmax the compilation; Linux).
-5. gradient accumulation over ``T`` micro-batches (compiled temp memory only): ``grad`` of a
-   ``lax.scan``, the same with the step under ``jax.checkpoint``, and ``value_and_grad`` in the
-   scan body, on both paths (:func:`accumulation_patterns`).
+5. gradient accumulation over ``T`` micro-batches: ``grad`` of a ``lax.scan``, the same with
+   the step under ``jax.checkpoint``, and ``value_and_grad`` in the scan body
+   (:func:`accumulation_patterns`), with the automatic path choice and with each path forced:
+   compiled temp memory at several sizes, and time at one against the naive loss's ``grad``
+   of a scan.
 
-Run ``python -m jsoftmax.bench.linear_xent [--quick] [--alternate]``; it prints one JSON row per
-figure.
+Run ``python -m jsoftmax.bench.linear_xent [--quick] [--alternate | --accumulation]``; it prints
+one JSON row per figure. Items 1–3 are :func:`run`, item 4 :func:`alternate`, item 5
+:func:`accumulation`.
 """
 
 from __future__ import annotations
@@ -197,6 +200,17 @@ ACCUMULATION_FULL = [(8, 512, 256, 8192), (16, 512, 256, 8192), (8, 256, 512, 16
 ACCUMULATION_QUICK = [(4, 64, 64, 2048), (8, 64, 64, 2048)]
 
 
+#: Timed gradient accumulation: ``(steps, n, d, v)`` and repetitions.
+ACCUMULATION_TIMED_FULL = {"size": (8, 512, 256, 8192), "reps": 15, "warmup": 2}
+ACCUMULATION_TIMED_QUICK = {"size": (4, 64, 64, 2048), "reps": 3, "warmup": 1}
+
+_ACCUMULATION_PATHS = [
+    (None, "automatic (default)"),
+    (True, "gradients_in_forward=True"),
+    (False, "gradients_in_forward=False"),
+]
+
+
 def accumulation_patterns(gradients_in_forward: bool | None = None) -> dict:
     """Ways to take ``dw`` of a loss summed over micro-batches ``xs [T, n, D]``, ``ys [T, n]``.
 
@@ -243,12 +257,53 @@ def accumulation_memory(fn, steps: int, n: int, d: int, v: int) -> tuple[int, in
     return int(mem.temp_size_in_bytes), int(mem.argument_size_in_bytes)
 
 
+def _naive_accumulation(w, xs, ys):
+    """``grad`` of a scan of the naive loss: the baseline of the timed accumulation rows."""
+
+    def loss(w, xs, ys):
+        body = lambda total, xy: (total + _naive_loss(xy[0], w, xy[1]), None)  # noqa: E731
+        return jax.lax.scan(body, jnp.zeros((), jnp.float32), (xs, ys))[0]
+
+    return jax.value_and_grad(loss)(w, xs, ys)
+
+
+def _accumulation_timing_rows(cfg) -> list[dict]:
+    """Time of each accumulation pattern on each path, against the naive ``grad`` of a scan."""
+    steps, n, d, v = cfg["size"]
+    kx, kw, ky = jax.random.split(jax.random.key(1), 3)
+    xs = jax.random.normal(kx, (steps, n, d), jnp.float32)
+    w = jax.random.normal(kw, (d, v), jnp.float32) / np.sqrt(d)
+    ys = jax.random.randint(ky, (steps, n), 0, v)
+    fns = {"naive": _naive_accumulation}
+    for gif, path in _ACCUMULATION_PATHS:
+        for name, fn in accumulation_patterns(gif).items():
+            fns[f"{name}, {path}"] = fn
+    res = compare(fns, (w, xs, ys), reps=cfg["reps"], warmup=cfg["warmup"])
+    shape = f"T={steps} n={n} D={d} V={v}"
+    return [
+        comparison_row(
+            SUITE,
+            f"gradient accumulation: {name}",
+            shape,
+            "float32",
+            m,
+            res["naive"],
+            "naive jax, grad of a scan (x @ w, optax cross-entropy)",
+            temp_ratio=m.temp_bytes / max(res["naive"].temp_bytes, 1),
+            device=jax.devices()[0].device_kind,
+            jax=jax.__version__,
+        )
+        for name, m in res.items()
+        if name != "naive"
+    ]
+
+
 def _accumulation_rows(sizes) -> list[dict]:
     """Compiled temp memory of each accumulation pattern on both paths, in MiB and in dw's."""
     rows = []
     for steps, n, d, v in sizes:
         dw_bytes = d * v * 4
-        for gif, path in [(None, "gradients in forward (default)"), (False, "recompute")]:
+        for gif, path in _ACCUMULATION_PATHS:
             for name, fn in accumulation_patterns(gif).items():
                 temp, arg = accumulation_memory(fn, steps, n, d, v)
                 rows.append(
@@ -448,12 +503,25 @@ def run(quick: bool = False) -> list[dict]:
     if quick or jax.default_backend() != "cpu":
         timing += _sweep_rows(cfg, SWEEP_QUICK if quick else SWEEP_FULL)
     memory = _memory_rows(cfg["n"], cfg["d"], CURVE_QUICK if quick else CURVE_FULL)
-    memory += _accumulation_rows(ACCUMULATION_QUICK if quick else ACCUMULATION_FULL)
     # the PyTorch row last: where it is skipped, the others stay in one table
     return [*timing, *memory, _torch_row(cfg, js)]
 
 
+def accumulation(quick: bool = False) -> list[dict]:
+    """Gradient accumulation (item 5 of the module docstring): timed rows, then memory rows.
+
+    A suite of its own (``jsoftmax bench --suites linear_xent_accumulation``) so that it runs
+    in minutes, apart from the full-size timing of :func:`run`.
+    """
+    timed = ACCUMULATION_TIMED_QUICK if quick else ACCUMULATION_TIMED_FULL
+    sizes = ACCUMULATION_QUICK if quick else ACCUMULATION_FULL
+    return [*_accumulation_timing_rows(timed), *_accumulation_rows(sizes)]
+
+
 if __name__ == "__main__":
-    suite = alternate if "--alternate" in sys.argv[1:] else run
+    flags = sys.argv[1:]
+    suite = (
+        alternate if "--alternate" in flags else accumulation if "--accumulation" in flags else run
+    )
     for r in suite(quick="--quick" in sys.argv[1:]):
         print(json.dumps(r))
