@@ -183,8 +183,38 @@ def test_one_block_of_every_token_and_many_short_blocks(chunk):
     _check(got, vg("xla"), jnp.float32)
 
 
-# linear_cross_entropy — "Notes: ... a label outside ``[0, V)`` that is not ``ignore_index``
-# gives NaN under ``jit`` ..., never a finite wrong number" (on either implementation)
+@needs_interpret
+def test_vmap_over_sequences_and_grad_of_a_scan_with_the_kernel():
+    # the compositions a training program makes: a loss per sequence under vmap, and
+    # micro-batches under a differentiated scan (gradients_in_forward=True: the kernel serves
+    # the gradients-in-forward path only)
+    x, w, _, y, _ = _inputs()
+    xs, ys = x[:40].reshape(2, 20, D), y[:40].reshape(2, 20)
+
+    def per_sequence(impl):
+        loss = lambda x, w, y: jsoftmax.linear_cross_entropy(x, w, y, implementation=impl)  # noqa: E731
+        return jax.jit(jax.vmap(jax.value_and_grad(loss, (0, 1)), (0, None, 0)))(xs, w, ys)
+
+    def accumulated(impl):
+        def total(w):
+            def body(c, xy):
+                step = jsoftmax.linear_cross_entropy(
+                    xy[0], w, xy[1], gradients_in_forward=True, implementation=impl
+                )
+                return c + step, None
+
+            return jax.lax.scan(body, jnp.zeros(()), (xs, ys))[0]
+
+        return jax.jit(jax.value_and_grad(total))(w)
+
+    with _interpret():
+        got = per_sequence("mosaic_gpu"), accumulated("mosaic_gpu")
+    _check(got, (per_sequence("xla"), accumulated("xla")), jnp.float32)
+
+
+# linear_cross_entropy — "Out-of-range labels (not in ``[0, V)`` and not ``ignore_index``) ...
+# under ``jit`` they give a ``NaN`` loss for that token (and ``NaN`` gradients), never a finite
+# wrong number" (on either implementation)
 @needs_interpret
 def test_out_of_range_labels_under_jit_give_nan_on_the_kernel_as_on_xla():
     x, w, _, y, _ = _inputs()
