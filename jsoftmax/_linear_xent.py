@@ -43,6 +43,7 @@ from jsoftmax._checks import (
 )
 from jsoftmax._dispatch import check_implementation, choose
 from jsoftmax._impl import mosaic_gpu
+from jsoftmax._mesh import to_varying, varying_axes
 from jsoftmax._tracing import in_differentiated_loop_body
 from jsoftmax._xent_engine import (
     UniformWeightTerms,
@@ -344,7 +345,8 @@ def linear_cross_entropy(
         that reads the block's raw logits once and writes :math:`\bar z` once, with every
         option above; the matmuls stay XLA's. It needs ``V`` a multiple of 128 and a float32
         row of ``V`` logits within the kernel's shared-memory budget (``V ≤ 49152``), one
-        device (no Explicit mesh), and the gradients-in-forward path: calls on the recompute
+        device (no Explicit mesh, no inputs varying over the axes of a ``shard_map`` with
+        ``check_vma=True``), and the gradients-in-forward path: calls on the recompute
         path (``reduction="none"``, ``gradients_in_forward=False`` or the automatic choice in
         a differentiated loop body) raise with an explicit ``"mosaic_gpu"`` and fall back to
         ``"xla"`` under :func:`jsoftmax.use_implementation`. An undifferentiated call computes
@@ -408,6 +410,12 @@ def linear_cross_entropy(
         at the end. For float16, ``z̄`` is multiplied by an exact power of two that brings its
         largest possible entry into ``[2**14, 2**15)`` before it is rounded for the gradient
         matmuls (and the results by its inverse), so it neither overflows nor flushes to 0.
+      * Inside the caller's own ``shard_map`` (``check_vma=True``, the default, or ``False``),
+        with the tokens split over its axes and ``w`` replicated: each device's call is the
+        loss of its own tokens (``"mean"`` over its own count), exactly as ``x @ w`` with an
+        optax loss there, and the gradient of the replicated ``w`` (and ``bias``) is the sum of
+        the devices' shares, as JAX gives it for ``x @ w``. For a vocabulary split over an
+        axis, use the per-shard form of :func:`jsoftmax.vocab_parallel_linear_cross_entropy`.
       * Gradient accumulation: the gradients-in-forward path hands ``dw`` to the backward
         pass as a residual, and ``jax.grad`` of a ``lax.scan`` saves every step's residuals,
         so on that path ``T`` steps would hold ``T`` float32 ``[D, V]`` buffers. The automatic
@@ -462,6 +470,8 @@ def linear_cross_entropy(
             fn=fn,
         )
     token_shape = np.shape(x)[:-1]
+    # inside the caller's shard_map(check_vma=True): the manual axes the inputs vary over
+    varying = varying_axes(x, w, bias, labels, token_weights)
     x, w, bias, labels, opts = prepare_linear_inputs(
         x,
         w,
@@ -480,9 +490,17 @@ def linear_cross_entropy(
         return_aux=return_aux,
         w_layout=w_layout,
         implementation=implementation,
+        varying=varying,
     )
     tw = as_token_weights(token_weights, token_shape, compute_dtype(x.dtype), fn)
     tw = None if tw is None else tw.reshape(labels.shape)
+    if varying:
+        # Every input enters as varying over all of those axes, so the kernel's loop carries
+        # have one type, and the cotangent of an input that was invariant along an axis (a
+        # replicated w beside each device's own tokens) is summed over it by pcast's transpose,
+        # as JAX's own implicit casts do for x @ w
+        opts = opts._replace(varying_axes=varying)
+        x, w, bias, labels, tw = (to_varying(a, varying) for a in (x, w, bias, labels, tw))
     return chunked_xent(x, w, bias, labels, opts, token_shape, token_weights=tw)
 
 
@@ -506,6 +524,7 @@ def prepare_linear_inputs(
     w_layout: str = "dv",
     check_labels: bool = True,
     implementation: str | bool | None = False,
+    varying: tuple[str, ...] = (),
 ):
     """Validate and canonicalise the arguments; returns ``(x2d, w, bias, labels1d, options)``.
 
@@ -514,7 +533,8 @@ def prepare_linear_inputs(
     apart (``as_token_weights``), so that this returns the same five things with or without.
     ``implementation``: ``linear_cross_entropy``'s argument, resolved here by
     :func:`jsoftmax._dispatch.choose`; ``False`` (the sharded losses, which have no switch):
-    ``"xla"`` without asking.
+    ``"xla"`` without asking. ``varying``: the manual mesh axes the inputs vary over (in the
+    caller's ``shard_map``), which the kernel does not take.
     """
     x = as_float_array(x, "x", fn)
     w = as_float_array(w, "w", fn)
@@ -592,7 +612,7 @@ def prepare_linear_inputs(
         fused = _fused_token_chunk(n, v // num_shards, compute_dtype(dtype), explicit)
     chosen = "xla"
     if implementation is not False:
-        problem = _kernel_problem(fused, axis_name, n, v, compute_dtype(dtype))
+        problem = _kernel_problem(fused, axis_name, n, v, compute_dtype(dtype), varying)
         chosen = choose(fn, implementation, problem)
     opts = ChunkedXentOptions(
         tn,
@@ -612,7 +632,7 @@ def prepare_linear_inputs(
     return x.reshape(n, d), w, bias, labels.reshape(n), opts
 
 
-def _kernel_problem(fused: int | None, axis_name, n: int, v: int, cdt):
+def _kernel_problem(fused: int | None, axis_name, n: int, v: int, cdt, varying=()):
     """Why the Mosaic GPU block kernel cannot serve this call (``None`` if it can)."""
 
     def problem():
@@ -625,6 +645,11 @@ def _kernel_problem(fused: int | None, axis_name, n: int, v: int, cdt):
             )
         if axis_name is not None:
             return "a vocabulary sharded over a mesh axis is not covered"
+        if varying:
+            return (
+                f"inputs varying over the manual mesh axes {varying} (a shard_map with "
+                "check_vma=True) are not covered"
+            )
         return mosaic_gpu.environment_problem() or mosaic_gpu.rows_problem(
             (min(fused, n), v), cdt, 1
         )

@@ -29,6 +29,8 @@ __all__ = [
     "reshard_like",
     "sharded_where",
     "take_at_label",
+    "to_varying",
+    "varying_axes",
 ]
 
 
@@ -140,3 +142,31 @@ def _normalized(spec, ndim: int) -> tuple:
     """A spec padded with ``None`` to ``ndim`` entries, for comparison."""
     entries = tuple(spec)
     return entries + (None,) * (ndim - len(entries))
+
+
+def varying_axes(*arrays) -> tuple[str, ...]:
+    """The manual mesh axes any of ``arrays`` varies over, sorted (``()`` outside a checked
+    ``shard_map``).
+
+    Inside ``shard_map(check_vma=True)`` an array's type says which manual axes its value
+    differs along; ``None`` entries and non-JAX values (NumPy arrays, Python numbers) vary over
+    none.
+    """
+    axes: set[str] = set()
+    for a in arrays:
+        if isinstance(a, jax.Array):  # tracers too
+            axes |= set(getattr(getattr(jax.typeof(a), "mat", None), "varying", ()) or ())
+    return tuple(sorted(axes))
+
+
+def to_varying(a, axes: tuple[str, ...]):
+    """``a`` cast to vary over every one of ``axes`` it does not vary over yet (``pcast``).
+
+    The transpose of the cast sums a cotangent over the axes it added: the gradient of a
+    replicated weight used by every device's own tokens is the sum of the devices' shares, as
+    JAX's own implicit casts give it.
+    """
+    if a is None:
+        return None
+    missing = tuple(x for x in axes if x not in varying_axes(a))
+    return jax.lax.pcast(a, missing, to="varying") if missing else a

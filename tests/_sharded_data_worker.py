@@ -498,3 +498,49 @@ def test_half_precision_on_a_data_vocab_mesh(dtype):
     # one rounding of each gradient to the half-precision dtype apart
     _close([g.astype(jnp.float32) for g in got[1]], [g.astype(jnp.float32) for g in want[1]],
            rtol=2e-2, atol=2e-3)  # fmt: skip
+
+
+# linear_cross_entropy — "Inside the caller's own ``shard_map`` ... each device's call is the
+# loss of its own tokens ..., and the gradient of the replicated ``w`` (and ``bias``) is the
+# sum of the devices' shares, as JAX gives it for ``x @ w``"
+@pytest.mark.parametrize(
+    ("check_vma", "gif", "reduction"),
+    [(True, None, "mean"), (True, False, "none"), (True, None, "sum"), (False, None, "mean")],
+    ids=str,
+)
+def test_plain_linear_loss_inside_a_users_data_parallel_shard_map(check_vma, gif, reduction):
+    import optax
+
+    with jax.enable_x64(True):
+        x, w, b, y = _data()
+        tw = jnp.linspace(0.5, 1.5, N)
+        mesh = _mesh(AxisType.Auto, (8,), ("data",))
+
+        def ours(x, w, b, y, tw):
+            return jsoftmax.linear_cross_entropy(
+                x, w, y, bias=b, token_weights=tw, ignore_index=IGNORE, reduction=reduction,
+                gradients_in_forward=gif,
+            )  # fmt: skip
+
+        def naive(x, w, b, y, tw):
+            valid = y != IGNORE
+            z = x @ w + b[None]
+            per = optax.softmax_cross_entropy_with_integer_labels(z, jnp.where(valid, y, 0))
+            omega = jnp.where(valid, tw, 0)
+            per = per * omega
+            if reduction == "none":
+                return per
+            return jnp.sum(per) / (jnp.sum(omega) if reduction == "mean" else 1)
+
+        def run(loss):
+            def step(x, w, b, y, tw):
+                scalar = lambda x, w, b: _weighted(loss(x, w, b, y, tw))  # noqa: E731
+                value, grads = jax.value_and_grad(scalar, (0, 1, 2))(x, w, b)
+                return value[None], grads
+
+            specs = (P("data"), P(), P(), P("data"), P("data"))
+            out = (P("data"), (P("data"), P(), P()))
+            f = jax.shard_map(step, mesh=mesh, in_specs=specs, out_specs=out, check_vma=check_vma)
+            return jax.jit(f)(x, w, b, y, tw)
+
+        _close(run(ours), run(naive), rtol=1e-10, atol=1e-12)

@@ -606,3 +606,45 @@ def test_automatic_block_on_this_backend_is_the_cpu_budget():
 
     if jax.default_backend() == "cpu":
         assert _device_block_budget() == 256 << 20
+
+
+# linear_cross_entropy — "Inside the caller's own ``shard_map`` (``check_vma=True``, the
+# default, or ``False``) ... each device's call is the loss of its own tokens ..., exactly as
+# ``x @ w`` with an optax loss there" (one device here: the type check of check_vma=True is the
+# same on any mesh; tests/_sharded_data_worker.py runs 8 devices)
+@pytest.mark.parametrize("check_vma", [True, False], ids=["check_vma", "no_check_vma"])
+@pytest.mark.parametrize(
+    ("gif", "reduction"), [(None, "mean"), (False, "mean"), (None, "none")], ids=str
+)
+def test_inside_a_users_data_parallel_shard_map(check_vma, gif, reduction):
+    import optax
+    from jax.sharding import PartitionSpec as P
+
+    x, w, b, y = make(dtype=jnp.float32)
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+    def ours(x, w, b, y):
+        kw = {"bias": b, "ignore_index": IGNORE, "reduction": reduction}
+        return linear_cross_entropy(x, w, y, gradients_in_forward=gif, **kw)
+
+    def naive(x, w, b, y):
+        valid = y != IGNORE
+        z = x @ w + b[None]
+        per = optax.softmax_cross_entropy_with_integer_labels(z, jnp.where(valid, y, 0))
+        per = jnp.where(valid, per, 0)
+        return per if reduction == "none" else jnp.sum(per) / jnp.sum(valid)
+
+    def in_shard_map(loss):
+        def step(x, w, b, y):
+            weighted = lambda x, w, b: jnp.sum(loss(x, w, b, y) * jnp.cos(y))  # noqa: E731
+            value, grads = jax.value_and_grad(weighted, (0, 1, 2))(x, w, b)
+            return value[None], grads
+
+        specs = (P("data"), P(), P(), P("data"))
+        out_specs = (P("data"), (P("data"), P(), P()))
+        f = jax.shard_map(step, mesh=mesh, in_specs=specs, out_specs=out_specs, check_vma=check_vma)
+        return jax.jit(f)(x, w, b, y)
+
+    got, want = in_shard_map(ours), in_shard_map(naive)
+    for a, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, e, rtol=2e-5, atol=2e-6)

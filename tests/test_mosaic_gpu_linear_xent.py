@@ -131,6 +131,22 @@ def test_inputs_on_an_explicit_mesh_are_refused_explicitly(monkeypatch):
         jsoftmax.linear_cross_entropy(x, w, y, implementation="mosaic_gpu")
 
 
+# linear_cross_entropy — "one device (no Explicit mesh, no inputs varying over the axes of a
+# ``shard_map`` with ``check_vma=True``)"
+def test_inputs_varying_over_a_users_shard_map_axes_are_refused_explicitly():
+    from jax.sharding import PartitionSpec as P
+
+    x, w, _, y, _ = _inputs()
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+    def step(x, w, y):
+        return jsoftmax.linear_cross_entropy(x, w, y, implementation="mosaic_gpu")[None]
+
+    f = jax.shard_map(step, mesh=mesh, in_specs=(P("data"), P(), P("data")), out_specs=P("data"))
+    with pytest.raises(ValueError, match=r"manual mesh axes \('data',\)"):
+        jax.jit(f)(x, w, y)
+
+
 # --------------------------------------------------------------------------------------------
 # The kernel in GPU interpret mode
 # --------------------------------------------------------------------------------------------
