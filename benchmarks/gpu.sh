@@ -31,8 +31,8 @@ PY
 # Tested on CPU with: python benchmarks/mosaic_gpu_bench.py OUT --rows 5 --cols 256 --interpret
 timeout "${4:-240}" python3 benchmarks/mosaic_gpu_bench.py "$out/mosaic_gpu.json"
 # issue 22: linear_cross_entropy value_and_grad at N=8192, D=1024, V in {32768, 65536}, float32
-# and bfloat16: the Mosaic GPU block kernel (strict: V=65536 float32 rows exceed its shared
-# memory and are reported as refused) against XLA's blocks, the naive loss and three matmuls.
+# and bfloat16: the Mosaic GPU block kernel (strict: at V=65536 the float32 logits row, in
+# either input dtype, exceeds its shared memory, and the row is reported as refused) against XLA's blocks, the naive loss and three matmuls.
 # Tested on CPU with: python benchmarks/linear_xent_gpu_bench.py OUT --n 40 --d 16 --vocab 256
 #   --dtypes float32 --reps 1 --interpret (tests/test_mosaic_gpu_linear_xent.py runs it)
 timeout "${5:-180}" python3 benchmarks/linear_xent_gpu_bench.py "$out/linear_xent_gpu.json"

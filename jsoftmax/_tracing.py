@@ -14,8 +14,10 @@ outwards from the call:
   with no loop in between) is reached first: the call is differentiated on its own and its
   residuals live only until that differentiation's backward pass, so the answer is no;
 * a ``jax.checkpoint`` body is reached first: its backward pass reruns the forward rule per
-  step instead of saving its residuals, so the answer is no;
-* the body of a ``lax.scan``, ``lax.map`` or ``fori_loop`` (or ``while_loop``) is reached
+  step instead of saving its residuals, so the answer is no (with its default policy; a
+  policy that saves matmul results is beyond what the trace shows: see
+  :func:`jsoftmax.linear_cross_entropy`, Notes);
+* the body of a ``lax.scan``, ``lax.map`` or ``fori_loop`` with static bounds (a scan) is reached
   first: a differentiation outside the loop would stack every step's residuals, so the answer
   is yes;
 * anything else (``jit``, ``cond``, ``vmap``) changes nothing about how long the residuals
@@ -38,7 +40,8 @@ from __future__ import annotations
 __all__ = ["automatic_gradients_in_forward", "in_differentiated_loop_body"]
 
 # traced_for of the bodies JAX stages for its loops (lax.map is a scan)
-_LOOP_BODIES = frozenset({"scan", "fori_loop", "while_loop"})
+# (a while_loop cannot be reverse-differentiated, so its body never needs the rule)
+_LOOP_BODIES = frozenset({"scan", "fori_loop"})
 
 
 def in_differentiated_loop_body() -> bool:

@@ -110,13 +110,23 @@ def test_explicit_mosaic_gpu_without_a_gpu_or_interpret_mode_raises_why():
 def test_the_recompute_path_is_refused_explicitly_and_falls_back_by_default():
     x, w, _, y, _ = _inputs()
     for kw in ({"reduction": "none"}, {"gradients_in_forward": False}):
-        with pytest.raises(ValueError, match="recompute path"):
+        with pytest.raises(ValueError, match=f"{next(iter(kw))}=.* takes the recompute path"):
             jsoftmax.linear_cross_entropy(x, w, y, implementation="mosaic_gpu", **kw)
         with use_implementation("mosaic_gpu"), record_implementations() as calls:
             jsoftmax.linear_cross_entropy(x, w, y, **kw)
         ((call,),) = [calls]
         assert call.function == "linear_cross_entropy" and call.implementation == "xla"
         assert call.reason is not None and call.requested is None
+
+    # the automatic choice in a differentiated scan body: the message says how to get the kernel
+    def accumulated(w):
+        def body(c, _):
+            return c + jsoftmax.linear_cross_entropy(x, w, y, implementation="mosaic_gpu"), None
+
+        return jax.lax.scan(body, 0.0, None, length=2)[0]
+
+    with pytest.raises(ValueError, match=r"loop body .* \(pass gradients_in_forward=True"):
+        jax.grad(accumulated)(w)
 
 
 # linear_cross_entropy — "one device (no Explicit mesh)"
@@ -126,8 +136,9 @@ def test_inputs_on_an_explicit_mesh_are_refused_explicitly(monkeypatch):
     x, w, _, y, _ = _inputs()
     # as if x were sharded over an Explicit mesh's "data" axis (a real one needs several
     # devices, which the 8-device workers test on the XLA path)
-    monkeypatch.setattr(jsoftmax._sharded, "explicit_placement", lambda *a, **k: ("mesh", None))
-    with pytest.raises(ValueError, match="Explicit mesh are not covered"):
+    mesh = jax.make_mesh((1,), ("data",))
+    monkeypatch.setattr(jsoftmax._sharded, "explicit_placement", lambda *a, **k: (mesh, None))
+    with pytest.raises(ValueError, match=r"on an Explicit mesh \(tokens sharded, mesh axes"):
         jsoftmax.linear_cross_entropy(x, w, y, implementation="mosaic_gpu")
 
 
@@ -247,6 +258,15 @@ def test_out_of_range_labels_under_jit_give_nan_on_the_kernel_as_on_xla():
             )(x, w, y)
         assert np.isnan(loss) and np.isnan(dw).all()
         assert np.isnan(dx[3]).all() and np.isnan(dx[9]).all()
+    # a 64-bit label past int32 (2**32 + 1 would wrap onto class 1 in the kernel's int32)
+    with jax.enable_x64(True), _interpret():
+        wide = jnp.asarray(y, jnp.int64).at[3].set(2**32 + 1).at[9].set(5)
+
+        def loss_of(x, w, y):
+            return jsoftmax.linear_cross_entropy(x, w, y, implementation="mosaic_gpu")
+
+        loss, (dx, _) = jax.jit(jax.value_and_grad(loss_of, (0, 1)))(x, w, wide)
+    assert np.isnan(loss) and np.isnan(dx[3]).all() and np.isfinite(dx[4]).all()
 
 
 @needs_interpret

@@ -153,3 +153,18 @@ def test_automatic_gradients_in_forward(given, in_loop, expected):
 
     (jax.grad(_in_scan(f)) if in_loop else jax.grad(f))(jnp.ones(2))
     assert seen == [expected]
+
+
+# jsoftmax._tracing — "The answer is fixed when the function is traced: a jitted function
+# traced outside a loop and then called inside one keeps its first answer (its cached trace is
+# reused)"
+def test_a_jitted_function_keeps_the_answer_of_its_first_trace():
+    seen = []
+    f = jax.jit(_probe(seen))
+    x = jnp.ones(2)
+    f(x)  # traced outside any loop
+    jax.grad(_in_scan(f))(x)  # the same shapes in a differentiated scan body: no new trace
+    assert seen == [False]
+    g = jax.jit(_probe(seen))
+    jax.grad(_in_scan(g))(x)  # first traced in the loop body: the loop's answer
+    assert seen == [False, True]

@@ -576,6 +576,12 @@ def linear_xent_block(
       loss with the same engine.
     """
     weighted = token_weights is not None
+    # int32 in the kernel: a wider label outside [0, V) (not ignore_index) becomes V, still out
+    # of range, so that it cannot wrap onto a valid class
+    keep = (labels >= 0) & (labels < num_classes)
+    if ignore_index is not None:
+        keep = keep | (labels == ignore_index)
+    labels = jnp.where(keep, labels, num_classes)
     per_row = [_scalars(labels, jnp.int32), _scalars(g)]
     if weighted:
         per_row.append(_scalars(token_weights))
