@@ -2,7 +2,8 @@
 
 ``value_and_grad`` of the mean loss with respect to ``x`` and ``w`` at ``N`` tokens, ``D``
 features and each ``V``, per dtype, four programs timed in the same run (medians after a
-warm-up, ``block_until_ready``; compiled temp memory from ``memory_analysis()``):
+warm-up, timed interleaved by ``jsoftmax.bench._timing.compare``; compiled temp memory from
+``memory_analysis()``):
 
 * ``naive``: ``x @ w`` materialised, then optax's cross-entropy;
 * ``xla``: ``jsoftmax.linear_cross_entropy`` on its default path (XLA forms each block);
@@ -19,7 +20,6 @@ Usage: python benchmarks/linear_xent_gpu_bench.py OUT.json [--n 8192] [--d 1024]
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,16 +27,7 @@ import optax
 
 import jsoftmax
 from jsoftmax._dispatch import use_implementation
-
-
-def _time(fn, *args, reps):
-    jax.block_until_ready(fn(*args))  # compile and warm up
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+from jsoftmax.bench._timing import compare
 
 
 def _programs(y):
@@ -69,15 +60,18 @@ def run(n, d, vocab, dtypes, reps):
             w = (jax.random.normal(kw, (d, v), jnp.float32) / d**0.5).astype(dtype)
             y = jax.random.randint(ky, (n,), 0, v)
             row = {"program": "value_and_grad(x, w) mean", "dtype": dtype, "N": n, "D": d, "V": v}
+            served = {}
             for name, f in _programs(y).items():
-                fn = jax.jit(f)
                 try:
-                    compiled = fn.lower(x, w).compile()  # compiled once, timed as compiled
-                    row[f"{name} seconds"] = _time(compiled, x, w, reps=reps)
+                    jax.eval_shape(f, x, w)  # the implementation is chosen when traced
                 except ValueError as err:  # strict mode: the kernel cannot serve this shape
                     row[f"{name} error"] = str(err)
                     continue
-                row[f"{name} temp MiB"] = compiled.memory_analysis().temp_size_in_bytes / 2**20
+                served[name] = f
+            # the project's timing: compiled once, interleaved medians, temp memory
+            for name, m in compare(served, (x, w), reps=reps, warmup=1).items():
+                row[f"{name} seconds"] = m.median_s
+                row[f"{name} temp MiB"] = m.temp_bytes / 2**20
             naive = row.get("naive seconds")
             for name in ("xla", "mosaic_gpu", "matmuls"):
                 if naive and f"{name} seconds" in row:

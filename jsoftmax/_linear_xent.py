@@ -616,30 +616,30 @@ def prepare_linear_inputs(
     # callback raising on one device inside a collective would leave the others waiting).
     if check_labels:
         check_labels_in_range(labels, v, ignore_index, fn)
+    # why the call does not take the gradients-in-forward path (None: it does). Automatic
+    # (None): it does, except in the body of a loop that a grad outside it differentiates,
+    # where each step's dw would be saved (jsoftmax._tracing)
+    if n == 0:
+        recompute = "there are no tokens"
+    elif reduction == "none":
+        recompute = "reduction='none' takes the recompute path"
+    elif gradients_in_forward is False:
+        recompute = "gradients_in_forward=False takes the recompute path"
+    elif gradients_in_forward is None and in_differentiated_loop_body():
+        recompute = (
+            "the automatic gradients_in_forward takes the recompute path in a loop body "
+            "differentiated from outside (pass gradients_in_forward=True for the kernel)"
+        )
+    else:
+        recompute = None
     fused = None
-    # automatic (None): the gradients-in-forward path, except in the body of a loop that a
-    # grad outside it differentiates, where each step's dw would be saved (jsoftmax._tracing)
-    automatic_fused = gradients_in_forward is None and not in_differentiated_loop_body()
-    if reduction != "none" and (gradients_in_forward or automatic_fused) and n > 0:
+    if recompute is None:
         # an explicit token chunk sets the block of either path; the vocabulary is whole here
         explicit = None if chunk_size is None or isinstance(chunk_size, int) else chunk_size[0]
         fused = _fused_token_chunk(n, v // num_shards, compute_dtype(dtype), explicit)
     chosen = "xla"
     if implementation is not False:
-        if fused is not None:
-            path = None
-        elif n == 0:
-            path = "there are no tokens"
-        elif reduction == "none":
-            path = "reduction='none' takes the recompute path"
-        elif gradients_in_forward is False:
-            path = "gradients_in_forward=False takes the recompute path"
-        else:
-            path = (
-                "the automatic gradients_in_forward takes the recompute path in a loop body "
-                "differentiated from outside (pass gradients_in_forward=True for the kernel)"
-            )
-        problem = _kernel_problem(path, axis_name, v, fused, compute_dtype(dtype), varying)
+        problem = _kernel_problem(recompute, axis_name, v, fused, compute_dtype(dtype), varying)
         chosen = choose(fn, implementation, problem)
     opts = ChunkedXentOptions(
         tn,

@@ -51,6 +51,7 @@ from jsoftmax._linear_xent import (
     chunked_xent,
     prepare_linear_inputs,
 )
+from jsoftmax._mesh import to_varying, varying_axes
 from jsoftmax._tracing import automatic_gradients_in_forward
 from jsoftmax._xent_engine import mean_divisor, reduce_token_losses, uniform_weight_terms
 
@@ -1131,18 +1132,14 @@ def _per_shard_linear(
             check_labels=False,  # checked once for all devices (see _label_check)
         )
     opts = opts._replace(num_classes=num_classes, axis_name=axis_name)
-    if axis_name in _varying_axes(w):  # shard_map(check_vma=True): the kernel's own types
-        extra = _varying_axes(x) | _varying_axes(labels)
-        if tw is not None:
-            extra |= _varying_axes(tw)
-        extra = tuple(sorted(extra - {axis_name}))
+    if axis_name in varying_axes(w):  # shard_map(check_vma=True): the kernel's own types
+        extra = tuple(a for a in varying_axes(x, labels, tw) if a != axis_name)
         if extra:
             # The tokens vary over other axes: the kernel's carries vary over them too, and w
             # (and bias), invariant there, enter as varying copies, so that their cotangents
             # (each device's share) are summed over those axes by pcast's transpose.
             opts = opts._replace(varying_axes=extra)
-            w = lax.pcast(w, extra, to="varying")
-            bias = None if bias is None else lax.pcast(bias, extra, to="varying")
+            w, bias = to_varying(w, extra), to_varying(bias, extra)
         out = chunked_xent(x, w, bias, labels, opts, (x.shape[0],), token_weights=tw)
     else:
         out = _unchecked_shard(x, w, bias, labels, tw, opts, k)
@@ -1185,8 +1182,3 @@ def _unchecked_shard_bwd(opts, k, vjp, g):
 
 
 _unchecked_shard.defvjp(_unchecked_shard_fwd, _unchecked_shard_bwd)
-
-
-def _varying_axes(a) -> frozenset:
-    """The manual mesh axes ``a`` varies over in ``shard_map``'s types (empty unchecked)."""
-    return frozenset(jax.typeof(a).mat.varying)
