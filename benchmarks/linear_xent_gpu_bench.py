@@ -8,8 +8,9 @@ warm-up, timed interleaved by ``jsoftmax.bench._timing.compare``; compiled temp 
 * ``naive``: ``x @ w`` materialised, then optax's cross-entropy;
 * ``xla``: ``jsoftmax.linear_cross_entropy`` on its default path (XLA forms each block);
 * ``mosaic_gpu``: the same with ``implementation="mosaic_gpu"`` under strict mode, so a shape
-  the kernel cannot serve (a row beyond its shared-memory budget) is reported with the reason,
-  never timed as XLA;
+  the kernel cannot serve (classes not a multiple of 128) is reported with the reason, never
+  timed as XLA; rows of logits beyond its shared-memory budget run split in pieces (the row's
+  ``mosaic_gpu pieces``);
 * ``matmuls``: the three plain full-size matmuls (``x @ w``, ``dz @ wᵀ``, ``xᵀ @ dz``), the
   floor any of them can reach.
 
@@ -27,6 +28,7 @@ import optax
 
 import jsoftmax
 from jsoftmax._dispatch import use_implementation
+from jsoftmax._impl import mosaic_gpu
 from jsoftmax.bench._timing import compare
 
 
@@ -60,6 +62,8 @@ def run(n, d, vocab, dtypes, reps):
             w = (jax.random.normal(kw, (d, v), jnp.float32) / d**0.5).astype(dtype)
             y = jax.random.randint(ky, (n,), 0, v)
             row = {"program": "value_and_grad(x, w) mean", "dtype": dtype, "N": n, "D": d, "V": v}
+            if v % mosaic_gpu.LANES == 0:  # the float32 logits rows of a block, in pieces
+                row["mosaic_gpu pieces"] = mosaic_gpu.pieces(v, 4, 1)
             served = {}
             for name, f in _programs(y).items():
                 try:

@@ -2,19 +2,23 @@
 
 Each row times one program at [rows, cols] and reports ``bytes / time`` over a copy's (``-x``,
 one read and one write) in the same run: the forward moves 2 arrays (x in, y out), the
-forward+backward 5 (x; y, g in, dx out), cross-entropy's value_and_grad 3 (z twice, dz). The
-kernels run in strict mode (``use_implementation("mosaic_gpu", strict=True)``): a shape they
-cannot serve is reported as such, never timed as XLA. ``kernels`` counts the fusions and custom
-calls of the compiled program's entry computation.
+forward+backward 5 (x; y, g in, dx out), cross-entropy's value_and_grad 3 (z twice, dz). All of
+a row's programs and the copy are timed interleaved by ``jsoftmax.bench._timing.compare``
+(compiled once, medians, several calls per sample on an accelerator). The kernels run in strict
+mode (``use_implementation("mosaic_gpu", strict=True)``): a shape they cannot serve is
+reported as such, never timed as XLA. ``mosaic_gpu split`` is the same kernels with rows cut
+in two pieces (``staging_budget``), at widths whose rows fit shared memory whole: it measures
+what the split layout of long rows costs against whole rows. ``kernels`` counts the fusions
+and custom calls of the compiled program's entry computation.
 
 Usage: python benchmarks/mosaic_gpu_bench.py OUT.json [--rows 4096] [--cols 1024,8192,...]
-       [--dtypes float32,bfloat16] [--interpret] (interpret: CPU, tiny shapes, to test the script)
+       [--dtypes float32,bfloat16] [--reps 20] [--interpret] (interpret: CPU, tiny shapes, to
+       test the script; tests/test_mosaic_gpu.py runs it)
 """
 
 import argparse
 import json
 import re
-import time
 
 import jax
 import jax.numpy as jnp
@@ -22,22 +26,24 @@ import optax
 
 import jsoftmax
 from jsoftmax._dispatch import use_implementation
-
-
-def _time(fn, *args, reps):
-    jax.block_until_ready(fn(*args))  # compile and warm up
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+from jsoftmax._impl import mosaic_gpu
+from jsoftmax.bench._timing import compare
 
 
 def _kernels(fn, *args):
-    text = fn.lower(*args).compile().as_text()
+    text = jax.jit(fn).lower(*args).compile().as_text()
     entry = text[text.index("ENTRY") :]
     return len(re.findall(r"= \S+ (?:fusion|custom-call)\(", entry))
+
+
+def _split(f, budget):
+    """``f`` traced with at most ``budget`` bytes of staged rows (the split layout)."""
+
+    def traced_split(*args):
+        with mosaic_gpu.staging_budget(budget):
+            return f(*args)
+
+    return traced_split
 
 
 def _programs(y):
@@ -94,7 +100,43 @@ def _programs(y):
     }
 
 
-def main():
+def run(rows, cols_list, dtypes, reps):
+    """One row per ``(dtype, cols, program)``, yielded as soon as it is measured."""
+    for dtype in dtypes:
+        for cols in cols_list:
+            x = jax.random.normal(jax.random.key(0), (rows, cols), jnp.float32).astype(dtype)
+            y = jnp.arange(rows) % cols
+            row_bytes = cols * jnp.dtype(dtype).itemsize
+            for prog, (arrays, impls) in _programs(y).items():
+                row = {"program": prog, "dtype": dtype, "rows": rows, "cols": cols}
+                if row_bytes <= mosaic_gpu.SMEM_BUDGET:  # whole rows by default: time split too
+                    half = max(row_bytes // 2, 2 * mosaic_gpu.LANES * 4)
+                    impls = {**impls, "mosaic_gpu split": _split(impls["mosaic_gpu"], half)}
+                args = (x,) if "forward" in prog and "backward" not in prog else (x, x)
+                served = {"copy": lambda x, *_: -x}
+                for name, f in impls.items():
+                    try:
+                        jax.eval_shape(f, *args)  # the implementation is chosen when traced
+                    except ValueError as err:  # strict mode: the kernels cannot serve it
+                        row[f"{name} error"] = str(err)
+                        continue
+                    served[name] = f
+                    row[f"{name} kernels"] = _kernels(f, *args)
+                times = {k: m.median_s for k, m in compare(served, args, reps=reps).items()}
+                t_copy = times.pop("copy")
+                row["copy seconds"] = t_copy
+                for name, t in times.items():
+                    # bytes over time, against a copy's 2 arrays in the same run
+                    row[f"{name} copy fraction"] = arrays / 2 * t_copy / t
+                    row[f"{name} seconds"] = t
+                if "mosaic_gpu" in times:
+                    for other in times.keys() - {"mosaic_gpu"}:
+                        row[f"speedup over {other}"] = times[other] / times["mosaic_gpu"]
+                print(json.dumps(row), flush=True)
+                yield row
+
+
+def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("out")
     p.add_argument("--rows", type=int, default=4096)
@@ -102,44 +144,21 @@ def main():
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--interpret", action="store_true")
-    a = p.parse_args()
-    rows_out = []
+    a = p.parse_args(argv)
     if a.interpret:
         from jax.experimental.pallas import mosaic_gpu as plgpu
 
         ctx = plgpu.force_gpu_interpret_mode()
     else:
         ctx = use_implementation("xla")  # a no-op context
+    rows_out = []
     with ctx, use_implementation("mosaic_gpu", strict=True):
-        for dtype in a.dtypes.split(","):
-            for cols in map(int, a.cols.split(",")):
-                x = jax.random.normal(jax.random.key(0), (a.rows, cols), jnp.float32)
-                x = x.astype(dtype)
-                y = jnp.arange(a.rows) % cols
-                copy = jax.jit(lambda x: -x)
-                t_copy = _time(copy, x, reps=a.reps)
-                for prog, (arrays, impls) in _programs(y).items():
-                    row = {"program": prog, "dtype": dtype, "rows": a.rows, "cols": cols}
-                    times = {}
-                    for name, f in impls.items():
-                        fn = jax.jit(f)
-                        args = (x,) if "forward" in prog and "backward" not in prog else (x, x)
-                        try:
-                            times[name] = _time(fn, *args, reps=a.reps)
-                            row[f"{name} kernels"] = _kernels(fn, *args)
-                        except ValueError as err:  # strict mode: the kernels cannot serve it
-                            row[f"{name} error"] = str(err)
-                            continue
-                        # bytes over time, against a copy's 2 arrays in the same run
-                        row[f"{name} copy fraction"] = arrays / 2 * t_copy / times[name]
-                        row[f"{name} seconds"] = times[name]
-                    if "mosaic_gpu" in times:
-                        for other in times.keys() - {"mosaic_gpu"}:
-                            row[f"speedup over {other}"] = times[other] / times["mosaic_gpu"]
-                    print(json.dumps(row), flush=True)
-                    rows_out.append(row)
-                    with open(a.out, "w") as f:
-                        json.dump(rows_out, f, indent=1)
+        cols = [int(c) for c in a.cols.split(",")]
+        for row in run(a.rows, cols, a.dtypes.split(","), a.reps):
+            rows_out.append(row)
+            with open(a.out, "w") as f:  # after every row: a run cut short keeps its rows
+                json.dump(rows_out, f, indent=1)
+    return rows_out
 
 
 if __name__ == "__main__":

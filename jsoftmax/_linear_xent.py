@@ -344,8 +344,9 @@ def linear_cross_entropy(
         forms each block's statistics and :math:`\bar z` on the gradients-in-forward path.
         ``"mosaic_gpu"`` is one Pallas kernel per block (a Hopper GPU, or GPU interpret mode)
         that reads the block's raw logits once and writes :math:`\bar z` once, with every
-        option above; the matmuls stay XLA's. It needs ``V`` a multiple of 128 and a float32
-        row of ``V`` logits within the kernel's shared-memory budget (``V ≤ 49152``), one
+        option above; the matmuls stay XLA's. A float32 row of ``V`` logits beyond the
+        kernel's shared-memory budget (``V > 49152``) is split into pieces: two kernels per
+        block, two reads of the logits and one write. It needs ``V`` a multiple of 128, one
         device (no Explicit mesh, no inputs varying over the axes of a ``shard_map`` with
         ``check_vma=True``), and the gradients-in-forward path: calls on the recompute
         path (``reduction="none"``, ``gradients_in_forward=False`` or the automatic choice in
@@ -676,7 +677,7 @@ def _kernel_problem(path: str | None, axis_name, v: int, tn: int | None, cdt, va
                 f"inputs varying over the manual mesh axes {varying} (a shard_map with "
                 "check_vma=True) are not covered"
             )
-        return mosaic_gpu.environment_problem() or mosaic_gpu.rows_problem((tn, v), cdt, 1)
+        return mosaic_gpu.environment_problem() or mosaic_gpu.rows_problem((tn, v), cdt)
 
     return problem
 

@@ -520,7 +520,7 @@ def _kernel_problem(inp: _Inputs, axis: Axis, fn: str):
         if explicit_sharding(inp.logits) is not None:
             return "logits on an Explicit mesh are not covered by the kernels"
         return mosaic_gpu.environment_problem() or mosaic_gpu.rows_problem(
-            inp.logits.shape, inp.logits.dtype, 1
+            inp.logits.shape, inp.logits.dtype
         )
 
     return problem

@@ -36,7 +36,7 @@ def _prepare(x: ArrayLike, axis: Axis, where: ArrayLike | None, fn: str):
     return x, axes, mask
 
 
-def _kernel_problem(x: jax.Array, axes: tuple[int, ...], where, buffers: int):
+def _kernel_problem(x: jax.Array, axes: tuple[int, ...], where):
     """Why the Mosaic GPU kernels cannot take this call (``None`` if they can)."""
 
     def problem():
@@ -44,9 +44,7 @@ def _kernel_problem(x: jax.Array, axes: tuple[int, ...], where, buffers: int):
             return "where masks are not covered by the kernels"
         if axes != (x.ndim - 1,):
             return f"axis {axes} (the kernels normalise over the last axis only)"
-        return mosaic_gpu.environment_problem() or mosaic_gpu.rows_problem(
-            x.shape, x.dtype, buffers
-        )
+        return mosaic_gpu.environment_problem() or mosaic_gpu.rows_problem(x.shape, x.dtype)
 
     return problem
 
@@ -117,7 +115,8 @@ def softmax(
       where: optional boolean mask broadcastable to ``x``; ``False`` entries are left out.
       implementation: ``None`` (default: ``"xla"``), ``"xla"`` or ``"mosaic_gpu"`` (the
         Pallas kernel: last axis, no ``where``, float16/bfloat16/float32, classes a multiple
-        of 128; raises ``ValueError`` saying why where it cannot run). See
+        of 128, rows longer than shared memory holds split into pieces and read twice;
+        raises ``ValueError`` saying why where it cannot run). See
         :func:`jsoftmax.use_implementation`.
 
     Returns:
@@ -146,7 +145,7 @@ def softmax(
       :func:`log_softmax`, :func:`jsoftmax.softmax_jacobian`, :func:`jsoftmax.fwd.softmax`.
     """
     x, axes, mask = _prepare(x, axis, where, "softmax")
-    if choose("softmax", implementation, _kernel_problem(x, axes, mask, 1)) == "mosaic_gpu":
+    if choose("softmax", implementation, _kernel_problem(x, axes, mask)) == "mosaic_gpu":
         return _softmax_mosaic(x, implementation)
     return _softmax(x, mask, axes)
 
@@ -195,7 +194,7 @@ def _softmax_mosaic_fwd(x, implementation):
 
 def _softmax_mosaic_bwd(implementation, y, g):
     # x̄ = s ⊙ (g − ⟨g, s⟩), as in _softmax_bwd; the kernel stages y and g (two buffers)
-    problem = _kernel_problem(y, (y.ndim - 1,), None, 2)
+    problem = _kernel_problem(y, (y.ndim - 1,), None)
     if choose("softmax backward", implementation, problem) == "mosaic_gpu":
         return (mosaic_gpu.softmax_backward(y, g),)
     return (_softmax_bwd((y.ndim - 1,), y, g)[0],)
@@ -258,7 +257,7 @@ def log_softmax(
       :func:`softmax`, :func:`logsumexp`, :func:`jsoftmax.log_softmax_jacobian`.
     """
     x, axes, mask = _prepare(x, axis, where, "log_softmax")
-    if choose("log_softmax", implementation, _kernel_problem(x, axes, mask, 1)) == "mosaic_gpu":
+    if choose("log_softmax", implementation, _kernel_problem(x, axes, mask)) == "mosaic_gpu":
         return _log_softmax_mosaic(x, implementation)
     return _log_softmax(x, mask, axes)
 
@@ -313,7 +312,7 @@ def _log_softmax_mosaic_fwd(x, implementation):
 
 def _log_softmax_mosaic_bwd(implementation, out, g):
     # x̄ = g − s Σ g with s = exp(out), as in _log_softmax_bwd
-    problem = _kernel_problem(out, (out.ndim - 1,), None, 2)
+    problem = _kernel_problem(out, (out.ndim - 1,), None)
     if choose("log_softmax backward", implementation, problem) == "mosaic_gpu":
         return (mosaic_gpu.log_softmax_backward(out, g),)
     return (_log_softmax_bwd((out.ndim - 1,), (out, None), g)[0],)
@@ -376,7 +375,7 @@ def logsumexp(
     x, axes, mask = _prepare(x, axis, where, "logsumexp")
     if not isinstance(keepdims, bool):
         raise TypeError(f"logsumexp: keepdims must be a bool; got {keepdims!r}")
-    if choose("logsumexp", implementation, _kernel_problem(x, axes, mask, 1)) == "mosaic_gpu":
+    if choose("logsumexp", implementation, _kernel_problem(x, axes, mask)) == "mosaic_gpu":
         out = _logsumexp_mosaic(x)
     else:
         out = _logsumexp(x, mask, axes)

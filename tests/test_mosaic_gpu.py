@@ -278,9 +278,155 @@ def test_kernels_refuse_what_they_do_not_cover():
             with pytest.raises(ValueError, match=why):
                 call()
         # float64 cannot reach the kernels with x64 off (it is float32 then); the check itself
-        assert "dtype float64" in mosaic_gpu.rows_problem((2, 128), np.float64, 1)
-        with pytest.raises(ValueError, match="shared memory"):
-            jsoftmax.softmax(jnp.zeros((1, 65536)), implementation="mosaic_gpu")
+        assert "dtype float64" in mosaic_gpu.rows_problem((2, 128), np.float64)
+        assert "empty" in mosaic_gpu.rows_problem((0, 128), np.float32)
+        # no row is too long: rows beyond shared memory are split (tests below)
+        assert mosaic_gpu.rows_problem((1, 2**20), np.float32) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Split rows: rows whose buffers exceed the staging budget, in pieces read twice
+# --------------------------------------------------------------------------------------------
+
+
+def test_rows_are_split_into_the_fewest_pieces_that_fit_the_budget():
+    # the default budget (192 KiB): whole float32 rows up to 49,152 classes (one buffer)
+    assert mosaic_gpu.pieces(49152, 4, 1) == 1
+    assert mosaic_gpu.pieces(65536, 4, 1) == 2
+    assert mosaic_gpu.pieces(131072, 4, 1) == 4
+    assert mosaic_gpu.pieces(131072, 4, 2) == 8  # the backward passes stage y and g
+    assert mosaic_gpu.pieces(131072, 2, 1) == 2
+    assert mosaic_gpu.pieces(32768, 4, 2) == 2
+    # 128,256 = 128 · 1002 classes (a Llama-3 vocabulary): 3 pieces of 42,752
+    assert mosaic_gpu.pieces(128256, 4, 1) == 3
+    # 128 · 7 classes in 2 KiB: 7 is prime, so 7 pieces of one warpgroup's 128 classes
+    with mosaic_gpu.staging_budget(2048):
+        assert mosaic_gpu.pieces(896, 4, 1) == 7
+        assert mosaic_gpu.pieces(896, 2, 1) == 1
+    with mosaic_gpu.staging_budget(8192):
+        assert (mosaic_gpu.pieces(3072, 4, 1), mosaic_gpu.pieces(3072, 4, 2)) == (2, 3)
+    assert mosaic_gpu.pieces(65536, 4, 1) == 2  # the budget is restored after the block
+
+
+@pytest.mark.parametrize("bad", [1023, 0, -1, 4096.0, True, "8192"])
+def test_staging_budget_validates_its_argument(bad):
+    with pytest.raises(ValueError, match="staging_budget: nbytes must be an int >= 1024"):
+        with mosaic_gpu.staging_budget(bad):
+            pass
+
+
+@pytest.fixture
+def layouts(monkeypatch):
+    """The layouts the kernels ran in: ``(name, split)`` per kernel, in trace order."""
+    ran = []
+    run_rows = mosaic_gpu._run_rows
+
+    def recorded(row_fn, rows, per_row, n_out, write_row, name, offsets=None):
+        ran.append((name, offsets is not None))
+        return run_rows(row_fn, rows, per_row, n_out, write_row, name, offsets)
+
+    monkeypatch.setattr(mosaic_gpu, "_run_rows", recorded)
+    return ran
+
+
+def _split_inputs(dtype):
+    # 3072 classes in an 8 KiB budget: float32 rows in 2 pieces of 1536 (a full chunk and a
+    # tail each), the float32 backward (two buffers) in 3 of 1024
+    x = np.array(_inputs((6, 3072), jnp.float32))
+    x[1] += 1e4  # a large offset: the merged shift keeps it exact
+    x[2, :1536] = -np.inf  # a piece with no finite entry (the row has some)
+    x[3] += 3e7
+    x[4, 2000] = 40.0  # the row's maximum in its second piece
+    x[5, 100] = 40.0  # ... and in its first
+    return jnp.asarray(x, dtype)
+
+
+@needs_interpret
+@pytest.mark.parametrize("name", list(FUNCS))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_split_rows_equal_xla(name, dtype, layouts):
+    f = FUNCS[name]
+    x = _split_inputs(dtype)
+    ct = _inputs(f(x).shape, dtype, seed=1)
+
+    def vjp(impl):
+        out, pull = jax.vjp(lambda z: f(z, implementation=impl), x)
+        return out, pull(ct)[0]
+
+    # 2 pieces forward, 3 backward (two buffers): 8 KiB for float32 rows, 4 KiB for bfloat16
+    budget = 8192 * jnp.dtype(dtype).itemsize // 4
+    with _interpret(), mosaic_gpu.staging_budget(budget):
+        got, dgot = vjp("mosaic_gpu")
+    # forward: pieces' statistics, then (softmax, log_softmax) the pieces rewritten; backward:
+    # (softmax, log_softmax) pieces' sums, then the rewrite, or (logsumexp) the rewrite alone
+    assert len(layouts) == (2 if name == "logsumexp" else 4)
+    assert all(split for _, split in layouts)
+    want, dwant = vjp("xla")
+    if dtype == jnp.bfloat16:
+        _check(got, want, dtype)
+        _check(dgot, dwant, dtype)
+        return
+    # float32: 3072-class sums (Σ g in the backward) are rounded in another order than XLA's,
+    # so compare both with float64 and ask the kernels to be as accurate as XLA
+    with jax.enable_x64(True):
+        x64, ct64 = (jnp.asarray(np.asarray(a), jnp.float64) for a in (x, ct))
+        out, pull = jax.vjp(lambda z: f(z, implementation="xla"), x64)
+        ref = np.asarray(out), np.asarray(pull(ct64)[0])
+    for k, x_, r in zip((got, dgot), (want, dwant), ref, strict=True):
+        assert k.dtype == x_.dtype == jnp.float32
+        np.testing.assert_array_equal(np.isfinite(k), np.isfinite(r))
+        fin = np.isfinite(r)
+        err_k, err_x = (np.max(np.abs(np.asarray(a, np.float64)[fin] - r[fin])) for a in (k, x_))
+        ulp = np.finfo(np.float32).eps * np.max(np.abs(r[fin]))
+        assert err_k <= 2 * err_x + ulp, (err_k, err_x, ulp)
+
+
+@needs_interpret
+def test_a_long_row_at_the_default_budget_is_split_and_equals_xla(layouts):
+    # 65,536 float32 classes: 256 KiB, beyond the 192 KiB budget, so 2 pieces
+    x = _inputs((2, 65536), jnp.float32)
+    with _interpret():
+        got = jsoftmax.log_softmax(x, implementation="mosaic_gpu")
+    names = ["jsoftmax_log_softmax_fwd_pieces", "jsoftmax_log_softmax_fwd"]
+    assert layouts == [(name, True) for name in names]
+    _check(got, jsoftmax.log_softmax(x, implementation="xla"), jnp.float32)
+
+
+@needs_interpret
+@pytest.mark.parametrize("options", CE_OPTIONS[:5], ids=str)
+def test_split_rows_cross_entropy_equals_xla(options, layouts):
+    z = _split_inputs(jnp.float32)
+    # labels in either piece, at the pieces' first and last classes, and one ignored
+    y = jnp.array([0, 1535, 1536, 3071, 3, 2000])
+
+    def vg(impl):
+        opts = {k: v for k, v in options.items() if k != "where"}
+        return jax.value_and_grad(lambda z: jnp.sum(_ce(impl, **opts)(z, y)))(z)
+
+    with _interpret(), mosaic_gpu.staging_budget(8192):
+        got, dgot = vg("mosaic_gpu")
+    assert [s for _, s in layouts] == [True, True]
+    want, dwant = vg("xla")
+    np.testing.assert_allclose(got, want, rtol=4e-6)
+    _check(dgot, dwant, jnp.float32)
+
+
+@needs_interpret
+def test_split_rows_out_of_range_labels_under_jit_give_nan():
+    z = _split_inputs(jnp.float32)
+    # 3072 and -1 are out of range: no piece may take them for one of its classes (1536 + 1536
+    # would be class 1536 of the second piece if labels were made piece-local)
+    y = jnp.array([3072, -1, 1536, 4607, 5, 6])
+    with _interpret(), mosaic_gpu.staging_budget(8192):
+        got = jax.jit(lambda z, y: _ce("mosaic_gpu", reduction="none")(z, y))(z, y)
+        dgot = jax.jit(jax.grad(lambda z, y: jnp.sum(_ce("mosaic_gpu", reduction="none")(z, y))))(
+            z, y
+        )
+    want = jax.jit(lambda z, y: _ce("xla", reduction="none")(z, y))(z, y)
+    got, dgot = np.asarray(got), np.asarray(dgot)
+    assert np.isnan(got[[0, 1, 3]]).all() and np.isnan(dgot[[0, 1, 3]]).all()
+    np.testing.assert_allclose(got, want, rtol=4e-6)
+    assert np.isfinite(dgot[[2, 4, 5]]).all()
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,3 +465,72 @@ def test_lowering_for_cuda_contains_the_mosaic_gpu_call(name, dtype):
         text = jax.jit(LOWERED[name]).trace(x).lower(lowering_platforms=("cuda",)).as_text()
     kernels = text.count("stablehlo.custom_call @mosaic_gpu_v2")
     assert kernels == (2 if ("backward" in name or "grad" in name) else 1)
+
+
+# split rows: softmax and log_softmax are two kernels each way (statistics, then rewrite),
+# logsumexp forward one (its statistics are the output) and backward one (per-row scalars in)
+SPLIT_KERNELS = {
+    "softmax forward": 2,
+    "log_softmax forward": 2,
+    "logsumexp forward": 1,
+    "softmax backward": 4,
+    "log_softmax backward": 4,
+    "logsumexp backward": 2,
+    "cross_entropy value_and_grad": 2,
+    "softmax_cross_entropy_with_integer_labels": 1,
+}
+
+
+@needs_interpret
+@pytest.mark.parametrize("name", list(SPLIT_KERNELS))
+def test_lowering_split_rows_for_cuda_contains_every_kernel(name):
+    x = jnp.zeros((8, 1152), jnp.float32)
+    f = LOWERED[name]  # a fresh function: jit's cache holds the whole-row trace of f itself
+    with mosaic_gpu.assume_cuda_target(), mosaic_gpu.staging_budget(2048):
+        text = jax.jit(lambda x: f(x)).trace(x).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("stablehlo.custom_call @mosaic_gpu_v2") == SPLIT_KERNELS[name]
+
+
+# --------------------------------------------------------------------------------------------
+# The GPU benchmark script (benchmarks/gpu.sh runs it on a device), tested here in interpret mode
+# --------------------------------------------------------------------------------------------
+
+
+@needs_interpret
+def test_gpu_bandwidth_script_times_every_program_and_reports_refused_shapes(tmp_path, layouts):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "mosaic_gpu_bench.py"
+    spec = importlib.util.spec_from_file_location("mosaic_gpu_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "rows.json"
+    args = [str(out), "--rows", "5", "--cols", "512,200", "--dtypes", "float32", "--reps", "1"]
+    rows = bench.main([*args, "--interpret"])
+    assert json.loads(out.read_text()) == rows
+    served, refused = rows[:5], rows[5:]
+    assert (
+        [r["program"] for r in served]
+        == [r["program"] for r in refused]
+        == [
+            "softmax forward",
+            "log_softmax forward",
+            "softmax forward+backward",
+            "log_softmax forward+backward",
+            "cross_entropy value_and_grad",
+        ]
+    )
+    for row in served:
+        base = "optax" if row["program"].startswith("cross") else "jax.nn"
+        for name in ("mosaic_gpu", "mosaic_gpu split", "xla", base):
+            assert row[f"{name} seconds"] > 0 and row[f"{name} copy fraction"] > 0
+            assert row[f"{name} kernels"] >= 1
+        assert row[f"speedup over {base}"] > 0 and row["copy seconds"] > 0
+    # "mosaic_gpu split" ran the split layout: 512 float32 classes in two pieces
+    assert any(split for _, split in layouts) and not all(split for _, split in layouts)
+    # strict mode: 200 classes is no kernel shape, reported with the reason, not timed as XLA
+    for row in refused:
+        assert "multiple of 128" in row["mosaic_gpu error"]
+        assert "mosaic_gpu seconds" not in row and row["xla seconds"] > 0

@@ -285,11 +285,68 @@ def test_kernel_refuses_what_it_does_not_cover():
     x, w, _, y, _ = _inputs(v=200)
     with _interpret(), pytest.raises(ValueError, match="multiple of 128"):
         jax.grad(lambda w: jsoftmax.linear_cross_entropy(x, w, y, implementation="mosaic_gpu"))(w)
-    # linear_cross_entropy — "a float32 row of ``V`` logits within the kernel's shared-memory
-    # budget (``V ≤ 49152``)"
-    assert mosaic_gpu.rows_problem((16, 49152), jnp.float32, 1) is None
-    assert "shared memory" in mosaic_gpu.rows_problem((16, 49152 + 128), jnp.float32, 1)
-    assert "dtype float64" in mosaic_gpu.rows_problem((16, 128), np.float64, 1)
+    assert "dtype float64" in mosaic_gpu.rows_problem((16, 128), np.float64)
+
+
+# linear_cross_entropy — "A float32 row of ``V`` logits beyond the kernel's shared-memory budget
+# (``V > 49152``) is split into pieces: two kernels per block, two reads of the logits and one
+# write"
+def test_rows_of_logits_beyond_the_budget_are_split():
+    assert mosaic_gpu.pieces(49152, 4, 1) == 1
+    assert mosaic_gpu.pieces(49152 + 128, 4, 1) == 5  # 128 · 385 = 128 · 5 · 7 · 11
+    assert mosaic_gpu.pieces(65536, 4, 1) == 2
+    assert mosaic_gpu.pieces(128256, 4, 1) == 3
+
+
+@pytest.fixture
+def layouts(monkeypatch):
+    """``(kernel name, split)`` for every kernel traced."""
+    ran = []
+    run_rows = mosaic_gpu._run_rows
+
+    def recorded(row_fn, rows, per_row, n_out, write_row, name, offsets=None):
+        ran.append((name, offsets is not None))
+        return run_rows(row_fn, rows, per_row, n_out, write_row, name, offsets)
+
+    monkeypatch.setattr(mosaic_gpu, "_run_rows", recorded)
+    return ran
+
+
+SPLIT_CASES = [(o, jnp.float32) for o in OPTIONS] + [(OPTIONS[2], jnp.bfloat16)]
+
+
+@needs_interpret
+@pytest.mark.parametrize(("options", "dtype"), SPLIT_CASES, ids=str)
+def test_split_rows_of_logits_equal_xla(options, dtype, layouts):
+    # 512 classes in a 1 KiB budget: each float32 row of logits in 2 pieces of 256; labels
+    # in both pieces (and ignored ones with ignore_index)
+    x, w, b, y, tw = _inputs(dtype, v=512, w_layout=options.get("w_layout", "dv"))
+    if "ignore_index" in options:
+        y = y.at[::5].set(options["ignore_index"])
+    with _interpret(), mosaic_gpu.staging_budget(1024):
+        got = _value_and_grads("mosaic_gpu", x, w, b, y, tw, **options)
+    assert layouts == [("jsoftmax_linear_xent_pieces", True), ("jsoftmax_linear_xent", True)]
+    want = _value_and_grads("xla", x, w, b, y, tw, **options)
+    _check(got, want, dtype)
+
+
+@needs_interpret
+def test_split_rows_of_logits_out_of_range_labels_give_nan():
+    # 512 + 256 would be class 256 (the second piece's first) if labels were piece-local
+    x, w, _, y, _ = _inputs(v=512)
+    y = y.at[3].set(512 + 256).at[9].set(-2).at[10].set(300)
+    with _interpret(), mosaic_gpu.staging_budget(1024):
+        loss, (dx, dw) = jax.jit(
+            jax.value_and_grad(
+                lambda x, w, y: jsoftmax.linear_cross_entropy(
+                    x, w, y, reduction="sum", implementation="mosaic_gpu"
+                ),
+                (0, 1),
+            )
+        )(x, w, y)  # traced labels: not checked, NaN for those out of range
+    dx = np.asarray(dx)
+    assert np.isnan(loss) and np.isnan(dw).all()
+    assert np.isnan(dx[[3, 9]]).all() and np.isfinite(dx[[0, 10]]).all()
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,6 +370,13 @@ def test_lowering_for_cuda_has_one_mosaic_gpu_call_in_the_block_loop(dtype):
     # one kernel in the body of the block loop; the undifferentiated loss stays XLA's
     # (linear_cross_entropy — "An undifferentiated call computes the loss on the XLA path")
     assert text.count("stablehlo.custom_call @mosaic_gpu_v2") == 1
+    # split rows (512 classes in 1 KiB): the pieces' statistics, then z̄ (two kernels in the
+    # loop body)
+    x, w, _, y, tw = _inputs(dtype, v=512)
+    with mosaic_gpu.assume_cuda_target(), mosaic_gpu.staging_budget(1024):
+        split = jax.jit(jax.value_and_grad(loss, (0, 1)))
+        text = split.trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("stablehlo.custom_call @mosaic_gpu_v2") == 2
     with mosaic_gpu.assume_cuda_target():
         plain = jax.jit(loss).trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
     assert "mosaic_gpu" not in plain
@@ -338,6 +402,7 @@ def test_gpu_benchmark_script_times_every_program_and_reports_refused_shapes(tmp
     rows = bench.main([*args, "--reps", "1", "--interpret"])
     assert json.loads(out.read_text()) == rows
     served, refused = rows
+    assert served["mosaic_gpu pieces"] == 1 and "mosaic_gpu pieces" not in refused
     for name in ("naive", "xla", "mosaic_gpu", "matmuls"):
         assert served[f"{name} seconds"] > 0 and served[f"{name} temp MiB"] >= 0
     assert served["mosaic_gpu / xla"] > 0 and served["xla / naive"] > 0

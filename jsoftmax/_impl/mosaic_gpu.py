@@ -1,12 +1,25 @@
 """Pallas Mosaic GPU kernels: the forward and backward bodies of the row-wise rules.
 
-Every kernel here works on rows of a ``[n, c]`` array (the class axis last), staged whole in
-shared memory: one bulk copy from HBM per block of ``R`` rows, the per-row passes over the
-staged rows (shared memory only), and one bulk copy back per row. Each row is read in chunks of
-at most :data:`CHUNK` elements, a multiple of the 128 threads of a warpgroup; the running
-maximum and the rescaled sum of exponentials are updated in the same pass
-(``s ← s·exp(m − m') + Σ exp(v − m')``), so the maximum shift is kept without a second pass for
-the sum. Arithmetic is float32; half-precision rows are rounded once, on the way out.
+Every kernel here works on rows of a ``[n, c]`` array (the class axis last), staged in shared
+memory: one bulk copy from HBM per block of ``R`` rows, the per-row passes over the staged
+rows (shared memory only), and one bulk copy back per row. Each row is read in chunks of at
+most :data:`CHUNK` elements, a multiple of the 128 threads of a warpgroup; the running maximum
+and the rescaled sum of exponentials are updated in the same pass (``s ← s·exp(m − m') +
+Σ exp(v − m')``), so the maximum shift is kept without a second pass for the sum. Arithmetic
+is float32; half-precision rows are rounded once, on the way out.
+
+Two layouts (:func:`pieces` picks one per call, from the shapes):
+
+* **whole rows**, when the buffers of one row fit :func:`staging_budget`: one kernel reads each
+  row once and writes it once;
+* **split rows**, when they do not (long rows: 131,072 float32 classes, a 65,536-class block of
+  logits): the row ``[c]`` is cut into ``t`` equal pieces of a multiple of 128 classes (a free
+  reshape to ``[n·t, c/t]``), a first kernel writes each piece's statistics (its max and
+  rescaled sum, dot products, label logit), XLA merges the ``t`` numbers of each row
+  (``m = max_j m_j``, ``s = Σ_j s_j·exp(m_j − m)``), and a second kernel rewrites each piece
+  from its row's merged statistics: two reads and one write per row instead of one and one.
+  Each piece knows its first class (``offset``), so a label is matched against global class
+  indices in every piece.
 
 Per-row numbers (statistics, labels, cotangents of per-row outputs) travel in a ``[blocks,
 rs]`` layout, one row of ``rs ≥ R`` entries (16-byte aligned) per block, which
@@ -16,15 +29,14 @@ block before it also read, and writes back only the rows it owns, so no row is w
 
 What the kernels need (else :func:`rows_problem` names the reason, and the dispatch in
 :mod:`jsoftmax._dispatch` falls back or raises): float16, bfloat16 or float32 rows; a class
-count that is a multiple of 128; ``R = 1`` row per buffer fitting in :data:`SMEM_BUDGET`; a JAX
-with ``jax.experimental.pallas.mosaic_gpu``; and either a CUDA GPU of compute capability 9.0
-or newer or GPU interpret mode (``plgpu.force_gpu_interpret_mode``), in which the kernels run
-on CPU. The rules themselves (which residuals, which formula) stay in ``_softmax.py``,
-``_loss.py`` and ``_linear_xent.py``; this file only provides their bodies.
-:func:`linear_xent_block` evaluates the cross-entropy engine's per-token terms
-(:func:`jsoftmax._xent_engine.uniform_weight_terms`) on each row's scalars inside the kernel,
-so both implementations share one formula for ignored tokens, token weights, smoothing, z-loss
-and out-of-range labels.
+count that is a multiple of 128; a JAX with ``jax.experimental.pallas.mosaic_gpu``; and either
+a CUDA GPU of compute capability 9.0 or newer or GPU interpret mode
+(``plgpu.force_gpu_interpret_mode``), in which the kernels run on CPU. The rules themselves
+(which residuals, which formula) stay in ``_softmax.py``, ``_loss.py`` and ``_linear_xent.py``;
+this file only provides their bodies. :func:`linear_xent_block` evaluates the cross-entropy
+engine's per-token terms (:func:`jsoftmax._xent_engine.uniform_weight_terms`) on each row's
+scalars inside the kernel, so both implementations share one formula for ignored tokens, token
+weights, smoothing, z-loss and out-of-range labels.
 """
 
 from __future__ import annotations
@@ -66,20 +78,23 @@ __all__ = [
     "log_softmax_forward",
     "logsumexp_backward",
     "logsumexp_forward",
+    "pieces",
     "rows_problem",
     "softmax_backward",
     "softmax_forward",
+    "staging_budget",
 ]
 
 LANES = 128  # threads of a warpgroup: every vector the kernels load is a multiple of this
 CHUNK = 1024  # elements of a row handled per step (8 per thread)
-SMEM_BUDGET = 192 * 1024  # bytes of staged rows per block (Hopper allows 227 KiB)
+SMEM_BUDGET = 192 * 1024  # bytes of staged rows per block by default (Hopper allows 227 KiB)
 BLOCK_BYTES = 32 * 1024  # short rows: stage about this much per block ...
 MAX_ROWS = 16  # ... but at most this many rows
 _DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32))
 _F32 = jnp.float32
 _LOWEST = float(np.finfo(np.float32).min)  # the running max starts here (a finite shift)
 
+_budget = [SMEM_BUDGET]
 _assume_cuda = [0]
 
 
@@ -126,11 +141,28 @@ def environment_problem() -> str | None:
     return None
 
 
-def rows_problem(shape: Sequence[int], dtype, buffers: int) -> str | None:
-    """Why rows of ``shape`` (classes last) and ``dtype`` do not fit the kernels, or ``None``.
+@contextlib.contextmanager
+def staging_budget(nbytes: int):
+    """Stage at most ``nbytes`` of row buffers per block in calls traced inside the block.
 
-    ``buffers`` is how many row-sized arrays one block stages (the backward passes stage two).
+    Rows whose buffers exceed it are split (see the module docstring). For tests (the split
+    layout on short rows) and benchmarks (whole against split rows at one width); the default
+    is :data:`SMEM_BUDGET`. The layout is fixed when a function is traced: a jitted function
+    traced outside the block keeps its layout inside it.
     """
+    floor = 2 * LANES * 4  # two float32 buffers of one 128-class piece
+    if not isinstance(nbytes, (int, np.integer)) or isinstance(nbytes, bool) or nbytes < floor:
+        raise ValueError(f"staging_budget: nbytes must be an int >= {floor}; got {nbytes!r}")
+    saved = _budget[0]
+    _budget[0] = int(nbytes)
+    try:
+        yield
+    finally:
+        _budget[0] = saved
+
+
+def rows_problem(shape: Sequence[int], dtype) -> str | None:
+    """Why rows of ``shape`` (classes last) and ``dtype`` do not fit the kernels, or ``None``."""
     dtype = jnp.dtype(dtype)
     if dtype not in _DTYPES:
         return f"dtype {dtype} (the kernels take float16, bfloat16 and float32)"
@@ -141,12 +173,21 @@ def rows_problem(shape: Sequence[int], dtype, buffers: int) -> str | None:
         return f"shape {tuple(shape)} is empty"
     if c % LANES:
         return f"{c} classes is not a multiple of {LANES} (one entry per warpgroup thread)"
-    if c * dtype.itemsize * buffers > SMEM_BUDGET:
-        return (
-            f"a row of {c} {dtype} classes ({buffers} staged buffer(s)) needs "
-            f"{c * dtype.itemsize * buffers} bytes of shared memory; the budget is {SMEM_BUDGET}"
-        )
     return None
+
+
+def pieces(c: int, itemsize: int, buffers: int) -> int:
+    """Into how many equal pieces each row of ``c`` classes is split (1: whole rows).
+
+    The fewest pieces, each a multiple of :data:`LANES` classes, whose ``buffers`` staged
+    arrays of ``itemsize`` bytes fit the staging budget; 1 if a whole row fits. ``c`` is a
+    multiple of :data:`LANES` (:func:`rows_problem`), so 128-class pieces always fit.
+    """
+    units = c // LANES
+    for t in range(1, units + 1):
+        if units % t == 0 and (c // t) * itemsize * buffers <= _budget[0]:
+            return t
+    raise AssertionError(f"no piece of {c} classes fits {_budget[0]} bytes")  # see the floor
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,7 +200,7 @@ class _Plan:
 
     def __init__(self, n: int, c: int, itemsize: int, buffers: int):
         row = c * itemsize
-        self.r = max(1, min(MAX_ROWS, BLOCK_BYTES // row, SMEM_BUDGET // (row * buffers), n))
+        self.r = max(1, min(MAX_ROWS, BLOCK_BYTES // row, _budget[0] // (row * buffers), n))
         self.nb = -(-n // self.r)
         self.rs = -(-self.r // 4) * 4  # 16-byte rows of float32/int32 per-row numbers
         self.n, self.c = n, c
@@ -189,45 +230,49 @@ def _chunks(c: int):
 
 
 class _Row:
-    """One staged row of each row buffer, read and written chunk by chunk in float32."""
+    """One staged row (or piece of a row) of each buffer, read and written chunk by chunk in
+    float32; ``offset`` is the class index of its first entry (0 for a whole row)."""
 
-    def __init__(self, bufs, r, c):
-        self.bufs, self.r, self.c = bufs, r, c
+    def __init__(self, bufs, r, c, offset):
+        self.bufs, self.r, self.c, self.offset = bufs, r, c, offset
 
     def fold(self, fn: Callable, init):
-        """``fn(values, base, carry) -> carry`` over the chunks; ``values`` one per buffer."""
-        carry, offset = init, 0
+        """``fn(values, first, carry) -> carry`` over the chunks; ``values`` one per buffer,
+        ``first`` the class index of the chunk's first entry."""
+        carry, start = init, 0
         for count, size in _chunks(self.c):
 
-            def step(j, carry, offset=offset, size=size):
-                base = offset + j * size
+            def step(j, carry, start=start, size=size):
+                base = start + j * size
                 vals = [b[self.r, pl.ds(base, size)].astype(_F32) for b in self.bufs]
-                return fn(vals, base, carry)
+                return fn(vals, self.offset + base, carry)
 
             carry = lax.fori_loop(0, count, step, carry) if count > 1 else step(0, carry)
-            offset += count * size
+            start += count * size
         return carry
 
     def write(self, fn: Callable):
-        """Replace the first buffer's row by ``fn(values, base)``, chunk by chunk."""
+        """Replace the first buffer's row by ``fn(values, first)``, chunk by chunk."""
         out = self.bufs[0]
 
-        def store(vals, base, carry):
+        def store(vals, first, carry):
             size = vals[0].shape[0]
-            out[self.r, pl.ds(base, size)] = fn(vals, base).astype(out.dtype)
+            base = first - self.offset
+            out[self.r, pl.ds(base, size)] = fn(vals, first).astype(out.dtype)
             return carry
 
         self.fold(store, 0)
 
 
-def _iota(size: int, base) -> jax.Array:
-    return lax.broadcasted_iota(jnp.int32, (size,), 0) + base
+def _classes(size: int, first) -> jax.Array:
+    """The class indices of a chunk of ``size`` entries starting at class ``first``."""
+    return lax.broadcasted_iota(jnp.int32, (size,), 0) + first
 
 
 def _online_stats(row: _Row, buffer: int = 0):
     """``(m, s)``: the row max and ``Σ exp(v − m)``, in one pass (the sum rescaled as m grows)."""
 
-    def step(vals, base, carry):
+    def step(vals, first, carry):
         m, s = carry
         v = vals[buffer]
         m_new = jnp.maximum(m, jnp.max(v))
@@ -246,6 +291,7 @@ def _run_rows(
     n_out: int,
     write_row: bool,
     name: str,
+    offsets: jax.Array | None = None,
 ):
     """Run ``row_fn(row, *per_row_scalars) -> per_row_outputs`` on every row of ``rows``.
 
@@ -256,6 +302,8 @@ def _run_rows(
       per_row: ``[n]`` float32 or int32 arrays (statistics, labels, cotangents).
       n_out: how many float32 numbers per row ``row_fn`` returns.
       write_row: whether the first row buffer, rewritten in place, is an output.
+      offsets: ``[n]`` int32 class index of each row's first entry (pieces of split rows), or
+        ``None`` (0: whole rows).
 
     Returns:
       ``(new rows or None, [n] float32 outputs)``.
@@ -263,7 +311,8 @@ def _run_rows(
     n, c = rows[0].shape
     plan = _Plan(n, c, rows[0].dtype.itemsize, len(rows))
     r, nb, rs = plan.r, plan.nb, plan.rs
-    per_row = [_to_blocks(v, plan) for v in per_row]
+    split = offsets is not None
+    per_row = [_to_blocks(v, plan) for v in (*per_row, *([offsets] if split else []))]
     out_type = [jax.ShapeDtypeStruct((n, c), rows[0].dtype)] if write_row else []
     out_type += [jax.ShapeDtypeStruct((nb, rs), _F32)] * n_out
     k_in, k_st, k_out = len(rows), len(per_row), len(out_type)
@@ -291,7 +340,9 @@ def _run_rows(
 
         @pl.loop(0, r)
         def _(i):
-            values = row_fn(_Row(bufs, i, c), *[s[i] for s in sbufs])
+            scalars = [v[i] for v in sbufs]
+            offset = scalars.pop() if split else 0
+            values = row_fn(_Row(bufs, i, c, offset), *scalars) or ()  # a finish returns None
             for dst, v in zip(obufs, values, strict=True):
                 dst[i] = v
 
@@ -324,6 +375,74 @@ def _run_rows(
     return new_rows, stats
 
 
+def _rowwise(
+    name: str,
+    rows: Sequence[jax.Array],
+    per_row: Sequence[jax.Array] = (),
+    *,
+    stats: Callable | None = None,
+    n_stats: int = 0,
+    merge: Callable | None = None,
+    finish: Callable | None = None,
+    keep_stats: bool = False,
+):
+    """A row-wise computation in whichever layout fits (whole or split rows).
+
+    Args:
+      rows: ``[n, c]`` arrays (the first is rewritten by ``finish``).
+      per_row: ``[n]`` float32/int32 scalars of each row, passed to ``stats`` and ``finish``.
+      stats: ``stats(row, *scalars) -> n_stats`` float32 numbers of a row (or of a piece).
+      merge: ``merge(*[n, t] piece statistics, size=c/t) -> n_stats [n]`` row statistics; it
+        must be the identity for ``t = 1``, where it is not called.
+      finish: ``finish(row, *scalars, *row_stats)`` rewrites the row (or piece) in place.
+      keep_stats: return the row statistics too when there is a ``finish``.
+
+    Returns:
+      ``(new first row array or None, list of [n] float32 row statistics)``: the statistics
+      when there is no ``finish`` or with ``keep_stats``, else an empty list.
+    """
+    n, c = rows[0].shape
+    t = pieces(c, rows[0].dtype.itemsize, len(rows))
+    returned = finish is None or keep_stats
+    if t == 1:  # whole rows: one kernel, one read and one write of each row
+
+        def row_fn(row, *scalars):
+            got = stats(row, *scalars) if stats is not None else ()
+            if finish is not None:
+                finish(row, *scalars, *got)
+            return got if returned else ()
+
+        return _run_rows(
+            row_fn, rows, per_row, n_stats if returned else 0, finish is not None, name
+        )
+    # split rows: row i is pieces i·t … i·t + t − 1 of [n·t, c/t] (a free reshape)
+    size = c // t
+    pieces_ = [a.reshape(n * t, size) for a in rows]
+    spread = [jnp.repeat(v, t) for v in per_row]
+    offsets = jnp.asarray(np.tile(np.arange(t, dtype=np.int32) * size, n))
+    row_stats = []
+    if stats is not None:
+        _, got = _run_rows(stats, pieces_, spread, n_stats, False, f"{name}_pieces", offsets)
+        row_stats = list(merge(*[v.reshape(n, t) for v in got], size=size))
+    new = None
+    if finish is not None:
+        spread += [jnp.repeat(v, t) for v in row_stats]
+        new, _ = _run_rows(finish, pieces_, spread, 0, True, name, offsets)
+        new = new.reshape(n, c)
+    return new, row_stats if returned else []
+
+
+def _merge_max_sum(m, s):
+    """A row's ``(m, s)`` from its pieces': ``m = max_j m_j``, ``s = Σ_j s_j·exp(m_j − m)``."""
+    top = jnp.max(m, axis=1)
+    # exp(m_j − m) ≤ 1 rescales each piece's sum to the row's shift (as in the online pass)
+    return top, jnp.sum(s * jnp.exp(m - top[:, None]), axis=1)
+
+
+def _merge_sums(*sums, size):
+    return tuple(jnp.sum(v, axis=1) for v in sums)
+
+
 def _as_rows(x: jax.Array) -> jax.Array:
     return x.reshape(-1, x.shape[-1])
 
@@ -337,81 +456,109 @@ def _scalars(v: jax.Array, dtype=_F32) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
-def _softmax_row(row: _Row):
-    m, s = _online_stats(row)
-    row.write(lambda v, base: jnp.exp(v[0] - m) / s)  # exp(v − m) ≤ 1, s ≥ 1 for a finite row
-    return ()
+def _merge_max_sum_rows(m, s, size):
+    return _merge_max_sum(m, s)
 
 
-def _log_softmax_row(row: _Row):
-    m, s = _online_stats(row)
+def _softmax_write(row: _Row, m, s):
+    row.write(lambda v, first: jnp.exp(v[0] - m) / s)  # exp(v − m) ≤ 1, s ≥ 1 for a finite row
+
+
+def _log_softmax_write(row: _Row, m, s):
     log_s = jnp.log(s)  # ∈ [0, log c]: subtracting it from v − m cannot overflow
-    row.write(lambda v, base: (v[0] - m) - log_s)
-    return ()
+    row.write(lambda v, first: (v[0] - m) - log_s)
 
 
 def softmax_forward(x: jax.Array) -> jax.Array:
     """``softmax(x)`` over the last axis, ``x``'s dtype: one read and one write per row."""
-    y, _ = _run_rows(_softmax_row, [_as_rows(x)], [], 0, True, "jsoftmax_softmax_fwd")
+    y, _ = _rowwise(
+        "jsoftmax_softmax_fwd",
+        [_as_rows(x)],
+        stats=_online_stats,
+        n_stats=2,
+        merge=_merge_max_sum_rows,
+        finish=_softmax_write,
+    )
     return y.reshape(x.shape)
 
 
 def log_softmax_forward(x: jax.Array) -> jax.Array:
     """``log_softmax(x)`` over the last axis, ``x``'s dtype."""
-    y, _ = _run_rows(_log_softmax_row, [_as_rows(x)], [], 0, True, "jsoftmax_log_softmax_fwd")
+    y, _ = _rowwise(
+        "jsoftmax_log_softmax_fwd",
+        [_as_rows(x)],
+        stats=_online_stats,
+        n_stats=2,
+        merge=_merge_max_sum_rows,
+        finish=_log_softmax_write,
+    )
     return y.reshape(x.shape)
 
 
-def _softmax_bwd_row(row: _Row):
+def _dot(row: _Row):
+    return (row.fold(lambda v, first, acc: acc + jnp.sum(v[0] * v[1]), jnp.float32(0)),)
+
+
+def _gsum(row: _Row):
+    return (row.fold(lambda v, first, acc: acc + jnp.sum(v[1]), jnp.float32(0)),)
+
+
+def _softmax_bwd_write(row: _Row, dot):
     # x̄ = y ⊙ (g − ⟨g, y⟩): the dot product first, then one pass that writes x̄ over y
-    dot = row.fold(lambda v, base, acc: acc + jnp.sum(v[0] * v[1]), jnp.float32(0))
-    row.write(lambda v, base: v[0] * (v[1] - dot))
-    return ()
+    row.write(lambda v, first: v[0] * (v[1] - dot))
 
 
-def _log_softmax_bwd_row(row: _Row):
+def _log_softmax_bwd_write(row: _Row, gsum):
     # x̄ = g − exp(out) Σ g
-    gsum = row.fold(lambda v, base, acc: acc + jnp.sum(v[1]), jnp.float32(0))
-    row.write(lambda v, base: v[1] - jnp.exp(v[0]) * gsum)
-    return ()
+    row.write(lambda v, first: v[1] - jnp.exp(v[0]) * gsum)
 
 
 def softmax_backward(y: jax.Array, g: jax.Array) -> jax.Array:
     """``y ⊙ (g − ⟨g, y⟩)`` over the last axis from the output ``y`` and its cotangent ``g``."""
     rows = [_as_rows(y), _as_rows(g.astype(y.dtype))]
-    dx, _ = _run_rows(_softmax_bwd_row, rows, [], 0, True, "jsoftmax_softmax_bwd")
+    dx, _ = _rowwise(
+        "jsoftmax_softmax_bwd",
+        rows,
+        stats=_dot,
+        n_stats=1,
+        merge=_merge_sums,
+        finish=_softmax_bwd_write,
+    )
     return dx.reshape(y.shape)
 
 
 def log_softmax_backward(out: jax.Array, g: jax.Array) -> jax.Array:
     """``g − exp(out) Σ g`` over the last axis from the output and its cotangent."""
     rows = [_as_rows(out), _as_rows(g.astype(out.dtype))]
-    dx, _ = _run_rows(_log_softmax_bwd_row, rows, [], 0, True, "jsoftmax_log_softmax_bwd")
+    dx, _ = _rowwise(
+        "jsoftmax_log_softmax_bwd",
+        rows,
+        stats=_gsum,
+        n_stats=1,
+        merge=_merge_sums,
+        finish=_log_softmax_bwd_write,
+    )
     return dx.reshape(out.shape)
-
-
-def _logsumexp_row(row: _Row):
-    m, s = _online_stats(row)
-    return m, jnp.log(s)  # log 0 = -inf for a row with no finite entry
 
 
 def logsumexp_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(m, log_s)`` per row, of shape ``x.shape[:-1] + (1,)``: the statistics of the rule."""
-    _, (m, log_s) = _run_rows(_logsumexp_row, [_as_rows(x)], [], 2, False, "jsoftmax_lse_fwd")
+    _, (m, s) = _rowwise(
+        "jsoftmax_lse_fwd", [_as_rows(x)], stats=_online_stats, n_stats=2, merge=_merge_max_sum_rows
+    )
     shape = (*x.shape[:-1], 1)
-    return m.reshape(shape), log_s.reshape(shape)
+    return m.reshape(shape), jnp.log(s).reshape(shape)  # log 0 = -inf: no finite entry
 
 
-def _logsumexp_bwd_row(row: _Row, g, m, log_s):
+def _logsumexp_bwd_write(row: _Row, g, m, log_s):
     # x̄ = g · exp((x − m) − log_s), never exp(x − lse) with a rounded lse
-    row.write(lambda v, base: g * jnp.exp((v[0] - m) - log_s))
-    return ()
+    row.write(lambda v, first: g * jnp.exp((v[0] - m) - log_s))
 
 
 def logsumexp_backward(x, m, log_s, g) -> jax.Array:
     """``g · exp((x − m) − log_s)`` per row (``log_s`` already 0 where it was ``-inf``)."""
     per_row = [_scalars(g), _scalars(m), _scalars(log_s)]
-    dx, _ = _run_rows(_logsumexp_bwd_row, [_as_rows(x)], per_row, 0, True, "jsoftmax_lse_bwd")
+    dx, _ = _rowwise("jsoftmax_lse_bwd", [_as_rows(x)], per_row, finish=_logsumexp_bwd_write)
     return dx.reshape(x.shape)
 
 
@@ -420,22 +567,47 @@ def logsumexp_backward(x, m, log_s, g) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
-def _xent_fwd_row(smoothing: bool):
-    def row_fn(row: _Row, y):
-        m, s = _online_stats(row)
+def _label_sums(smoothing: bool):
+    """``(z_y, Σ(z − m))`` of a row or piece with shift ``m``: the label's logit (0 where the
+    label is not among its classes) and, with ``smoothing``, the sum relative to the shift."""
 
-        def step(v, base, carry):
+    def fold(row: _Row, y, m):
+        def step(v, first, carry):
             zy, zs = carry
             # the label's raw logit: one match in the row (none for an out-of-range label)
-            zy = zy + jnp.sum(jnp.where(_iota(v[0].shape[0], base) == y, v[0], 0.0))
+            zy = zy + jnp.sum(jnp.where(_classes(v[0].shape[0], first) == y, v[0], 0.0))
             if smoothing:
                 zs = zs + jnp.sum(v[0] - m)  # Σ (z − m), relative to the shift
             return zy, zs
 
-        zy, zs = row.fold(step, (jnp.float32(0), jnp.float32(0)))
-        return m, s, zy, zs
+        return row.fold(step, (jnp.float32(0), jnp.float32(0)))
 
-    return row_fn
+    return fold
+
+
+def _merge_xent(smoothing: bool):
+    def merge(m, s, zy, zs, size):
+        """A row's ``(m, s, z_y, Σ(z − m))`` from its pieces' (``Σ(z − m_j)`` moved to ``m``)."""
+        top, total = _merge_max_sum(m, s)
+        if smoothing:
+            # Σ_j [Σ(z − m_j) + size·(m_j − m)]: each piece's sum re-expressed relative to the
+            # row's shift (m_j − m is exact for nearby shifts: no large cancellation)
+            zs = jnp.sum(zs + size * (m - top[:, None]), axis=1)
+        else:
+            zs = jnp.zeros_like(top)  # not computed without smoothing (0, as for whole rows)
+        return top, total, jnp.sum(zy, axis=1), zs
+
+    return merge
+
+
+def _xent_fwd_stats(smoothing: bool):
+    sums = _label_sums(smoothing)
+
+    def stats(row: _Row, y):
+        m, s = _online_stats(row)
+        return (m, s, *sums(row, y, m))
+
+    return stats
 
 
 def cross_entropy_forward(z: jax.Array, labels: jax.Array, smoothing: bool):
@@ -444,26 +616,25 @@ def cross_entropy_forward(z: jax.Array, labels: jax.Array, smoothing: bool):
     ``s = Σ exp(z − m)``; ``z_y`` is the raw logit at the label (0 for a label outside
     ``[0, C)``); ``Σ(z − m)`` is only computed with ``smoothing`` (else 0).
     """
-    _, stats = _run_rows(
-        _xent_fwd_row(smoothing),
+    _, stats = _rowwise(
+        "jsoftmax_xent_fwd",
         [_as_rows(z)],
         [_scalars(labels, jnp.int32)],
-        4,
-        False,
-        "jsoftmax_xent_fwd",
+        stats=_xent_fwd_stats(smoothing),
+        n_stats=4,
+        merge=_merge_xent(smoothing),
     )
     return tuple(v.reshape(labels.shape) for v in stats)
 
 
-def _xent_bwd_row(row: _Row, y, m, rg, ag, bg):
+def _xent_bwd_write(row: _Row, y, m, rg, ag, bg):
     # ∂ℓ/∂z_c = r e_c − b − a [c = y] with e = exp(z − m), scaled by g: every term in float32,
     # so p_y − 1 is never formed from a rounded buffer
-    def grad(v, base):
+    def grad(v, first):
         dz = rg * jnp.exp(v[0] - m) - bg
-        return dz - jnp.where(_iota(v[0].shape[0], base) == y, ag, 0.0)
+        return dz - jnp.where(_classes(v[0].shape[0], first) == y, ag, 0.0)
 
     row.write(grad)
-    return ()
 
 
 def cross_entropy_backward(z, labels, m, rg, ag, bg) -> jax.Array:
@@ -471,7 +642,7 @@ def cross_entropy_backward(z, labels, m, rg, ag, bg) -> jax.Array:
     ``[0, C)`` match no class)."""
     per_row = [_scalars(labels, jnp.int32), _scalars(m), _scalars(rg), _scalars(ag)]
     per_row.append(_scalars(bg))
-    dz, _ = _run_rows(_xent_bwd_row, [_as_rows(z)], per_row, 0, True, "jsoftmax_xent_bwd")
+    dz, _ = _rowwise("jsoftmax_xent_bwd", [_as_rows(z)], per_row, finish=_xent_bwd_write)
     return dz.reshape(z.shape)
 
 
@@ -480,48 +651,64 @@ def cross_entropy_backward(z, labels, m, rg, ag, bg) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
-def _linear_xent_row(num_classes, ignore_index, options, softcap, weighted):
-    # imported here: the engine imports nothing of this file, but this file stays importable
-    # on its own (the lowering tests import it first)
-    from jsoftmax._xent_engine import uniform_weight_terms
-
-    smooth = options.label_smoothing > 0
+def _capped_rows(softcap):
+    """``capped(v) -> (z, t)``: the soft cap ``c·tanh(s/c)`` of staged raw logits ``s`` and
+    ``t = tanh(s/c)`` for its derivative ``1 − t²`` (as ``_block_logits`` forms them)."""
 
     def capped(v):
-        # the soft cap c·tanh(s/c) of the staged raw logits s, and t = tanh(s/c) for its
-        # derivative 1 − t² (as _block_logits forms them)
         if softcap is None:
             return v, None
         t = jnp.tanh(v / softcap)
         return softcap * t, t
 
-    def row_fn(row: _Row, y, g, *weight):
-        # pass 1 (shared memory): the shift and Σ exp(z − m) of the capped logits
-        def stats(vals, base, carry):
+    return capped
+
+
+def _linear_xent_stats(softcap, smooth):
+    capped = _capped_rows(softcap)
+
+    def stats(row: _Row, y, g, *weight):
+        # the shift and Σ exp(z − m) of the capped logits (one pass over the staged row)
+        def step(vals, first, carry):
             m, s = carry
             z, _ = capped(vals[0])
             m_new = jnp.maximum(m, jnp.max(z))
             s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(z - m_new))
             return m_new, s
 
-        m, s = row.fold(stats, (jnp.float32(_LOWEST), jnp.float32(0)))
+        m, s = row.fold(step, (jnp.float32(_LOWEST), jnp.float32(0)))
 
-        # pass 2: the label's logit and, with smoothing, Σ (z − m) relative to the final shift
-        def sums(vals, base, carry):
+        # the label's logit and, with smoothing, Σ (z − m) relative to the shift (staged: a
+        # second pass over shared memory, not HBM)
+        def sums(vals, first, carry):
             zy, zs = carry
             z, _ = capped(vals[0])
-            zy = zy + jnp.sum(jnp.where(_iota(z.shape[0], base) == y, z, 0.0))
+            zy = zy + jnp.sum(jnp.where(_classes(z.shape[0], first) == y, z, 0.0))
             if smooth:
                 zs = zs + jnp.sum(z - m)
             return zy, zs
 
         zy, zs = row.fold(sums, (jnp.float32(0), jnp.float32(0)))
-        log_s = jnp.log(s)
+        return m, s, zy, zs
+
+    return stats
+
+
+def _linear_xent_write(num_classes, ignore_index, options, softcap, weighted):
+    # imported here: the engine imports nothing of this file, but this file stays importable
+    # on its own (the lowering tests import it first)
+    from jsoftmax._xent_engine import uniform_weight_terms
+
+    smooth = options.label_smoothing > 0
+    capped = _capped_rows(softcap)
+
+    def finish(row: _Row, y, g, *rest):
+        weight, (m, s, zy, zs) = rest[: int(weighted)], rest[int(weighted) :]
         # the engine's own per-token terms, on this row's scalars: the same formulas (ignored
         # tokens, NaN for an out-of-range label, token weights, z-loss) as the XLA path
         terms = uniform_weight_terms(
             m,
-            log_s,
+            jnp.log(s),
             zy,
             zs if smooth else None,
             y,
@@ -532,19 +719,18 @@ def _linear_xent_row(num_classes, ignore_index, options, softcap, weighted):
         )
         r, a, share = g * terms.coef / s, g * terms.a, g * terms.share
 
-        # pass 3: z̄ = g (coef · p − a · onehot − share) ⊙ (1 − t²), p = exp(z − m) / s, in
-        # float32 (p_y − 1 is never formed from a rounded buffer), written over the logits
-        def grad(vals, base):
+        # z̄ = g (coef · p − a · onehot − share) ⊙ (1 − t²), p = exp(z − m) / s, in float32
+        # (p_y − 1 is never formed from a rounded buffer), written over the logits
+        def grad(vals, first):
             z, t = capped(vals[0])
-            dz = r * jnp.exp(z - m) - jnp.where(_iota(z.shape[0], base) == y, a, 0.0)
+            dz = r * jnp.exp(z - m) - jnp.where(_classes(z.shape[0], first) == y, a, 0.0)
             if smooth:
                 dz = dz - share
             return dz if t is None else dz * (1 - t * t)
 
         row.write(grad)
-        return m, log_s, zy, zs
 
-    return row_fn
+    return finish
 
 
 def linear_xent_block(
@@ -558,7 +744,8 @@ def linear_xent_block(
     options,
     softcap: float | None,
 ):
-    """One block's ``z̄`` and per-token statistics in one read and one write of the block.
+    """One block's ``z̄`` and per-token statistics: one read and one write of the block
+    (two reads when its rows are split).
 
     Args:
       s: ``[tn, V]`` float32 raw logits ``x @ w (+ bias)`` of a block, before soft-capping.
@@ -585,6 +772,15 @@ def linear_xent_block(
     per_row = [_scalars(labels, jnp.int32), _scalars(g)]
     if weighted:
         per_row.append(_scalars(token_weights))
-    row_fn = _linear_xent_row(num_classes, ignore_index, options, softcap, weighted)
-    dz, stats = _run_rows(row_fn, [s.astype(_F32)], per_row, 4, True, "jsoftmax_linear_xent")
-    return (dz, *stats)
+    smooth = options.label_smoothing > 0
+    dz, (m, s_sum, zy, zs) = _rowwise(
+        "jsoftmax_linear_xent",
+        [s.astype(_F32)],
+        per_row,
+        stats=_linear_xent_stats(softcap, smooth),
+        n_stats=4,
+        merge=_merge_xent(smooth),
+        finish=_linear_xent_write(num_classes, ignore_index, options, softcap, weighted),
+        keep_stats=True,
+    )
+    return dz, m, jnp.log(s_sum), zy, zs
