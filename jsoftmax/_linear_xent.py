@@ -436,13 +436,14 @@ def linear_cross_entropy(
         the gradient, until XLA adds them up): use a ``lax.scan``. A ``lax.scan`` around a
         ``shard_map`` that calls this function inside holds a ``dw`` a step on the default
         path (the loop is not visible from a ``shard_map`` body): pass
-        ``gradients_in_forward=False`` there. "Under ``jax.checkpoint``" means its default
-        policy: a policy that saves matmul results (``dots_saveable``,
-        ``dots_with_no_batch_dims_saveable``, ``everything_saveable``) also saves each block's
-        ``dw`` product of the gradients-in-forward path (measured: 8 ``dw`` a step at 64
-        tokens a step, ``D = 64``, ``V = 2048``, against 1 with
-        ``gradients_in_forward=False``): pass ``gradients_in_forward=False`` under such a
-        policy.
+        ``gradients_in_forward=False`` there. Under ``jax.checkpoint``, a policy that saves
+        matmul results (``dots_saveable``, ``dots_with_no_batch_dims_saveable``) holds no
+        ``dw`` a step on the gradients-in-forward path (its block loop is rerun, not saved
+        block by block; measured at 64 tokens a step, ``D = 64``, ``V = 2048``: no growth
+        per step, where a scan of blocks saved 8 ``dw``), while the recompute path saves its
+        forward's logits under it (``N·V`` a step); ``everything_saveable`` saves each
+        step's residuals, a ``dw`` among them on the gradients-in-forward path: pass
+        ``gradients_in_forward=False`` under it.
 
     See also:
       :func:`jsoftmax.cross_entropy`, :func:`jsoftmax.vocab_parallel_linear_cross_entropy`.
@@ -1005,6 +1006,49 @@ def _lce_fwd(x, w, bias, labels, token_weights, opts):
 
 
 def _fused_value_and_grads(x, w, bias, labels, tw, opts: ChunkedXentOptions):
+    """:func:`_fused_pass` with its block loop a ``while_loop``, differentiated as a scan.
+
+    The forward rule's own block loop matters to a ``jax.checkpoint`` around the call: its
+    backward pass reruns the forward rule unless the policy saves what it computes, and a
+    policy that saves matmul results (``dots_saveable`` and its kin) would save every block's
+    ``dw`` product from the body of a ``scan`` (the stacked residuals of the loop: ``nt``
+    ``dw``-sized buffers a call). A ``while_loop`` has no stacked residuals, so such a policy
+    reruns the loop instead (one ``dw``, as under the default policy). A ``while_loop`` cannot
+    be reverse-differentiated, and the forward rule is differentiated when the gradient itself
+    is (``jax.hessian``, grad of grad): the ``custom_jvp`` rule differentiates the same pass
+    with the block loop a scan, so those stay as they were.
+    """
+    return _fused_recomputable(opts, x, w, bias, labels, tw)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _fused_recomputable(opts, x, w, bias, labels, tw):
+    loop = _while_fori_loop
+    if opts.implementation == "mosaic_gpu" and mosaic_gpu.interpret_mode():
+        # the kernel in GPU interpret mode runs on host callbacks, ordered effects that vmap
+        # of a while_loop refuses: the scan keeps the interpreted kernel usable under vmap
+        loop = lax.fori_loop
+    return _fused_pass(x, w, bias, labels, tw, opts, loop)
+
+
+@_fused_recomputable.defjvp
+def _fused_recomputable_jvp(opts, primals, tangents):
+    # the same pass with lax.fori_loop (a scan at static bounds): JAX's JVP of it is linear in
+    # the tangents and transposable, so grad of grad and hessians work as before
+    return jax.jvp(lambda *a: _fused_pass(*a, opts, lax.fori_loop), primals, tangents)
+
+
+def _while_fori_loop(lower: int, upper: int, body, init):
+    """``lax.fori_loop(lower, upper, body, init)`` as a ``while_loop`` at any bounds."""
+
+    def step(carry):
+        i, value = carry
+        return i + 1, body(i, value)
+
+    return lax.while_loop(lambda c: c[0] < upper, step, (jnp.int32(lower), init))[1]
+
+
+def _fused_pass(x, w, bias, labels, tw, opts: ChunkedXentOptions, fori_loop):
     """The reduced loss and ``(dx, dw, dbias)`` for a unit cotangent, in one pass over tokens.
 
     Each block of ``tn`` tokens forms its logits over the whole (local) vocabulary once: their
@@ -1167,7 +1211,7 @@ def _fused_value_and_grads(x, w, bias, labels, tw, opts: ChunkedXentOptions):
         *_varying(grads, opts),
         _varying_over(aux0, token_axes),
     )
-    total, dx, dw, db, aux = lax.fori_loop(0, nt, body, init)
+    total, dx, dw, db, aux = fori_loop(0, nt, body, init)
     if axis is not None:
         dx = lax.psum(dx, axis)  # each shard holds its classes' share of x̄
     out = (total / divisor).astype(cdt)

@@ -14,9 +14,9 @@ outwards from the call:
   with no loop in between) is reached first: the call is differentiated on its own and its
   residuals live only until that differentiation's backward pass, so the answer is no;
 * a ``jax.checkpoint`` body is reached first: its backward pass reruns the forward rule per
-  step instead of saving its residuals, so the answer is no (with its default policy; a
-  policy that saves matmul results is beyond what the trace shows: see
-  :func:`jsoftmax.linear_cross_entropy`, Notes);
+  step instead of saving its residuals, so the answer is no (a policy that saves matmul
+  results reruns it too; ``everything_saveable``, which saves every residual, is beyond what
+  the trace shows: see :func:`jsoftmax.linear_cross_entropy`, Notes);
 * the body of a ``lax.scan``, ``lax.map`` or ``fori_loop`` with static bounds (a scan) is reached
   first: a differentiation outside the loop would stack every step's residuals, so the answer
   is yes;
