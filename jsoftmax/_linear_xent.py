@@ -428,9 +428,9 @@ def linear_cross_entropy(
         extra logits pass) no step holds a ``dw``. Compiled temp memory (CPU, float32,
         ``T = 8`` micro-batches of 512 tokens, ``D = 256``, ``V = 8192``, ``dw`` = 8 MiB),
         grad of scan / checkpointed step / ``value_and_grad`` in the body: automatic 24.6 /
-        20.6 / 18.6 MiB; ``gradients_in_forward=True`` 100.6 (164.6 at ``T = 16``: a ``dw``
-        a step) / 20.6 / 18.6; ``False`` 24.6 / 34.5 / 16.5. At 256 tokens, ``D = 512``,
-        ``V = 16384`` (``dw`` = 32 MiB): automatic 44.5 / 68.6 / 66.6, ``True`` 340.6 / 68.6
+        18.6 / 18.6 MiB; ``gradients_in_forward=True`` 82.6 (146.6 at ``T = 16``: a ``dw``
+        a step) / 18.6 / 18.6; ``False`` 24.6 / 34.5 / 16.5. At 256 tokens, ``D = 512``,
+        ``V = 16384`` (``dw`` = 32 MiB): automatic 44.5 / 66.6 / 66.6, ``True`` 322.6 / 66.6
         / 66.6, ``False`` 44.5 / 78.5 / 38.5. A Python loop of ``T`` calls under one
         ``grad`` holds ``T`` buffers the size of ``dw`` on either path (each call's part of
         the gradient, until XLA adds them up): use a ``lax.scan``. A ``lax.scan`` around a

@@ -50,7 +50,7 @@ def test_accumulation_holds_no_dw_per_step(gif, pattern):
 
 
 # linear_cross_entropy — "Gradient accumulation: ... so on that path ``T`` steps would hold
-# ``T`` float32 ``[D, V]`` buffers"; "``gradients_in_forward=True`` 100.6 (164.6 at ``T = 16``:
+# ``T`` float32 ``[D, V]`` buffers"; "``gradients_in_forward=True`` 82.6 (146.6 at ``T = 16``:
 # a ``dw`` a step)"
 def test_grad_of_scan_on_the_forced_gradients_in_forward_path_holds_one_dw_per_step():
     # the cost the automatic choice avoids: the forward rule hands dw to the backward rule as

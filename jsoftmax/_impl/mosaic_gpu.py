@@ -419,7 +419,7 @@ def _rowwise(
     size = c // t
     pieces_ = [a.reshape(n * t, size) for a in rows]
     spread = [jnp.repeat(v, t) for v in per_row]
-    offsets = jnp.asarray(np.tile(np.arange(t, dtype=np.int32) * size, n))
+    offsets = (lax.iota(jnp.int32, n * t) % t) * size  # each piece's first class
     row_stats = []
     if stats is not None:
         _, got = _run_rows(stats, pieces_, spread, n_stats, False, f"{name}_pieces", offsets)
