@@ -200,6 +200,11 @@ def check_ignore_index(ignore_index, fn: str) -> int | None:
 _LABEL_CHECKS = {"on": False}
 
 
+def label_checks_on() -> bool:
+    """Whether the checked-labels mode (:func:`set_label_checks`) is on for functions traced now."""
+    return _LABEL_CHECKS["on"]
+
+
 def set_label_checks(enabled: bool) -> bool:
     """Turn the checked-labels mode on or off for losses traced from now on; returns the old state.
 

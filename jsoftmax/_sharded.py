@@ -37,13 +37,13 @@ from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from jsoftmax._checks import (
-    _LABEL_CHECKS,
     as_float_array,
     as_token_weights,
     check_integer_labels,
     check_labels_in_range,
     check_xent_options,
     compute_dtype,
+    label_checks_on,
 )
 from jsoftmax._linear_xent import (
     ChunkedXentOptions,
@@ -725,7 +725,7 @@ def _label_check(labels, num_classes, ignore_index, token_shape, fn) -> _LabelCh
         # at the position in the caller's labels, not in the flattened [N] ones
         check_labels_in_range(labels.reshape(token_shape), num_classes, ignore_index, fn)
         return None
-    if not _LABEL_CHECKS["on"]:
+    if not label_checks_on():
         return None
     return _LabelCheck(num_classes, ignore_index, tuple(token_shape), fn)
 
@@ -1068,7 +1068,7 @@ def _per_shard_check(labels, num_classes, ignore_index, tok, fn):
 
     Positions count the flattened tokens of all devices in the order of ``tok``.
     """
-    if not _LABEL_CHECKS["on"]:
+    if not label_checks_on():
         if not isinstance(labels, jax.core.Tracer):
             check_labels_in_range(labels, num_classes, ignore_index, fn)
         return
