@@ -7,10 +7,11 @@ a row's programs (and, in the first row of a shape, the copy) are timed interlea
 ``jsoftmax.bench._timing.compare`` (compiled once, medians, several calls per sample on an
 accelerator). The kernels run in strict
 mode (``use_implementation("mosaic_gpu", strict=True)``): a shape they cannot serve is
-reported as such, never timed as XLA. ``mosaic_gpu split`` is the same kernels with rows cut
-in two pieces (``staging_budget``), at widths whose rows fit shared memory whole: it measures
-what the split layout of long rows costs against whole rows. ``kernels`` counts the fusions
-and custom calls of the compiled program's entry computation.
+reported as such, never timed as XLA. ``mosaic_gpu split`` is the same kernels with a staging
+budget of half a row (``staging_budget``: 2 pieces a row in the forward passes, 4 in the
+backward ones, which stage two arrays), at widths whose rows fit shared memory whole in the
+forward pass: it measures what the split layout of long rows costs against whole rows.
+``kernels`` counts the fusions and custom calls of the compiled program's entry computation.
 
 Usage: python benchmarks/mosaic_gpu_bench.py OUT.json [--rows 4096] [--cols 1024,8192,...]
        [--dtypes float32,bfloat16] [--reps 20] [--interpret] (interpret: CPU, tiny shapes, to
@@ -111,7 +112,7 @@ def run(rows, cols_list, dtypes, reps):
             t_copy = None  # timed with the first program of this shape, in the same run
             for prog, (arrays, impls) in _programs(y).items():
                 row = {"program": prog, "dtype": dtype, "rows": rows, "cols": cols}
-                if row_bytes <= mosaic_gpu.SMEM_BUDGET:  # whole rows by default: time split too
+                if row_bytes <= mosaic_gpu.SMEM_BUDGET:  # forward rows whole: time split too
                     half = max(row_bytes // 2, 2 * mosaic_gpu.LANES * 4)
                     impls = {**impls, "mosaic_gpu split": _split(impls["mosaic_gpu"], half)}
                 args = (x,) if "forward" in prog and "backward" not in prog else (x, x)

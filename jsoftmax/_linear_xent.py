@@ -1108,7 +1108,8 @@ def _fused_pass(x, w, bias, labels, tw, opts: ChunkedXentOptions, fori_loop):
         )
         if kernel:
             # the Pallas kernel: the statistics, the engine's terms and z̄ in one read and one
-            # write of the block's raw logits (soft-capped inside the kernel)
+            # write of the block's raw logits (soft-capped inside the kernel; two reads when
+            # its rows are split into pieces)
             s_raw, _ = _block_logits(x_blk, w, bias, None, cdt, opts.w_layout)
             dz, m, log_s, zy, zs = mosaic_gpu.linear_xent_block(
                 s_raw,

@@ -148,19 +148,21 @@ def _checkpoint_policy_scan(gif, policy):
 # step's residuals, a ``dw`` among them on the gradients-in-forward path: pass
 # ``gradients_in_forward=False`` under it"
 DOTS = ["dots_saveable", "dots_with_no_batch_dims_saveable"]
+N2 = 2 * N  # tokens a step for the recompute path's case, so that N·V and D·V differ
 POLICY_CASES = [
-    *[(gif, p, 0.0) for p in DOTS for gif in (None, True)],  # 8 dw a step before the fix
-    # the recompute path under a dots policy saves its forward's logits, N·V a step (= D·V)
-    *[(False, p, N * V * 4 / DW) for p in DOTS],
-    (None, "everything_saveable", 1.0),
-    (True, "everything_saveable", 1.0),
-    (False, "everything_saveable", 0.0),
+    # (gradients_in_forward, policy, tokens a step, bytes per extra step)
+    *[(gif, p, N, 0) for p in DOTS for gif in (None, True)],  # 8 dw a step before the fix
+    # the recompute path under a dots policy saves its forward's logits, N·V a step
+    *[(False, p, N2, N2 * V * 4) for p in DOTS],
+    (None, "everything_saveable", N, DW),
+    (True, "everything_saveable", N, DW),
+    (False, "everything_saveable", N, 0),
 ]
 
 
-@pytest.mark.parametrize(("gif", "policy", "dws"), POLICY_CASES, ids=str)
-def test_checkpoint_policies_that_save_dots_hold_no_block_products(gif, policy, dws):
-    few, _ = accumulation_memory(_checkpoint_policy_scan(gif, policy), FEW, N, D, V)
-    many, _ = accumulation_memory(_checkpoint_policy_scan(gif, policy), MANY, N, D, V)
+@pytest.mark.parametrize(("gif", "policy", "n", "per_step"), POLICY_CASES, ids=str)
+def test_checkpoint_policies_that_save_dots_hold_no_block_products(gif, policy, n, per_step):
+    few, _ = accumulation_memory(_checkpoint_policy_scan(gif, policy), FEW, n, D, V)
+    many, _ = accumulation_memory(_checkpoint_policy_scan(gif, policy), MANY, n, D, V)
     growth = (many - few) / (MANY - FEW)  # bytes per extra step
-    assert growth == pytest.approx(dws * DW, abs=0.01 * DW)
+    assert growth == pytest.approx(per_step, abs=0.01 * DW)

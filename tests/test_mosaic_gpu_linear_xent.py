@@ -332,7 +332,8 @@ def test_split_rows_of_logits_equal_xla(options, dtype, layouts):
 
 @needs_interpret
 def test_split_rows_of_logits_out_of_range_labels_give_nan():
-    # 512 + 256 would be class 256 (the second piece's first) if labels were piece-local
+    # labels past V and below 0 give NaN in the split layout as for whole rows (the engine's
+    # poison, evaluated on each piece's copy of the row's numbers); 300 is in the second piece
     x, w, _, y, _ = _inputs(v=512)
     y = y.at[3].set(512 + 256).at[9].set(-2).at[10].set(300)
     with _interpret(), mosaic_gpu.staging_budget(1024):
