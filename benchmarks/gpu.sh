@@ -34,7 +34,7 @@ for s in "${sections[@]}"; do
   [ -n "${limit[$name]+x}" ] || { echo "unknown section: $name (one of ${order[*]})" >&2; exit 2; }
   [ "$s" != "$name" ] && limit[$name]=${s#*=}
 done
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 python3 -c "import jax, optax; print('jax', jax.__version__, 'optax', optax.__version__, jax.devices())"
 status=0
 for s in "${sections[@]}"; do

@@ -367,3 +367,27 @@ def test_accumulation_suite_times_every_pattern_and_path_and_measures_their_memo
     assert forced - forced_few >= 0.99 * (many - few) * dw_mib
     assert auto - auto_few < 0.1 * dw_mib
     assert "linear_xent_accumulation" in bench.SUITES
+
+
+# benchmarks/gpu.sh — "named sections, each with its own time limit"; "unknown section" exits 2
+def test_gpu_script_runs_named_sections_and_refuses_unknown_ones(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def gpu_sh(*sections):
+        cmd = ["bash", "benchmarks/gpu.sh", str(tmp_path), *sections]
+        return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+    bad = gpu_sh("hlo", "bogus=5")
+    assert bad.returncode == 2 and "unknown section: bogus" in bad.stderr
+    assert not (tmp_path / "hlo.txt").exists()  # checked before anything runs
+    ran = gpu_sh("hlo=240")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "== hlo (limit 240 s)" in ran.stdout
+    text = (tmp_path / "hlo.txt").read_text()
+    assert "==== jsoftmax.softmax value_and_grad" in text and "==== jax.nn.softmax" in text
