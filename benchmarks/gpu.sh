@@ -5,6 +5,8 @@
 # this checkout, not installed.
 #
 # Usage: benchmarks/gpu.sh OUT_DIR [SECTION[=SECONDS] ...]   (no sections: all, default limits)
+#   check   the Mosaic GPU kernels' values and gradients on this device against "xla" (whole and
+#           split rows, edge rows, every option; exits 1 on a disagreement)          [150 s]
 #   f32     jsoftmax bench, float32 suites (fusion, core, bandwidth, losses, linear_xent, sparse,
 #           train_step)                                                            [300 s]
 #   bf16    jsoftmax bench, bfloat16 suites                                        [180 s]
@@ -17,16 +19,16 @@
 #           loss and three plain matmuls                                           [180 s]
 #   llama   issue 22: the same at N=8192, D=4096, V=128256, bfloat16             [120 s]
 # The device tool allows 600 s a call: run the sections over several calls, e.g.
-#   benchmarks/gpu.sh OUT mosaic=300 lxent=200 llama=90   then   benchmarks/gpu.sh OUT f32 bf16
-# The mosaic and lxent scripts are tested on CPU in GPU interpret mode (tests/test_mosaic_gpu.py,
-# tests/test_mosaic_gpu_linear_xent.py).
+#   benchmarks/gpu.sh OUT check mosaic=300 lxent=150   then   benchmarks/gpu.sh OUT llama f32 bf16
+# The check, mosaic and lxent scripts are tested on CPU in GPU interpret mode
+# (tests/test_mosaic_gpu.py, tests/test_mosaic_gpu_linear_xent.py).
 set -uo pipefail
 out=${1:?output folder}
 shift
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-declare -A limit=([f32]=300 [bf16]=180 [hlo]=60 [mosaic]=240 [lxent]=180 [llama]=120)
-order=(f32 bf16 hlo mosaic lxent llama)
+declare -A limit=([check]=150 [f32]=300 [bf16]=180 [hlo]=60 [mosaic]=240 [lxent]=180 [llama]=120)
+order=(check f32 bf16 hlo mosaic lxent llama)
 sections=("$@")
 [ ${#sections[@]} -eq 0 ] && sections=("${order[@]}")
 for s in "${sections[@]}"; do
@@ -59,6 +61,7 @@ with open(sys.argv[1], "w") as f:
         f.write(f"==== {name} value_and_grad 4096x1024 float32\n{c.as_text()}\n")
 PY
       ;;
+    check) timeout "$t" python3 benchmarks/mosaic_gpu_check.py "$out/mosaic_gpu_check.json" ;;
     mosaic) timeout "$t" python3 benchmarks/mosaic_gpu_bench.py "$out/mosaic_gpu.json" ;;
     lxent) timeout "$t" python3 benchmarks/linear_xent_gpu_bench.py "$out/linear_xent_gpu.json" ;;
     llama) timeout "$t" python3 benchmarks/linear_xent_gpu_bench.py \

@@ -582,3 +582,31 @@ def test_gpu_bandwidth_script_times_every_program_and_reports_refused_shapes(tmp
     for row in refused:
         assert "multiple of 128" in row["mosaic_gpu error"]
         assert "mosaic_gpu seconds" not in row and row["xla seconds"] > 0
+
+
+@needs_interpret
+def test_gpu_correctness_script_compares_every_kernel_with_xla(tmp_path, layouts):
+    # benchmarks/mosaic_gpu_check.py (gpu.sh's "check" section, run before the benchmarks):
+    # shrunk shapes in a 1 KiB budget, so that whole and split rows both run
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "mosaic_gpu_check.py"
+    spec = importlib.util.spec_from_file_location("mosaic_gpu_check", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    out = tmp_path / "check.json"
+    args = [str(out), "--scale", "0.01", "--dtypes", "float32", "--interpret"]
+    with mosaic_gpu.staging_budget(1024):
+        rows, failed = check.main(args)
+    assert failed == 0 and len(rows) == 21 and all(r["ok"] for r in rows)
+    assert json.loads(out.read_text()) == rows
+    assert {split for _, split in layouts} == {True, False}
+    # a disagreement is reported, not passed: a NaN where XLA has a number, and a vacuous case
+    one = {"a": jnp.array([1.0, 2.0])}
+    assert check._compare(one, one, "float32") == 0.0
+    assert "NaN" in check._compare({"a": jnp.array([1.0, np.nan])}, one, "float32")
+    assert check._compare({"a": jnp.array([1.0, 2.1])}, one, "float32") > 1
+    nan = {"a": jnp.array([np.nan])}
+    assert "nothing compared" in check._compare(nan, nan, "float32")
