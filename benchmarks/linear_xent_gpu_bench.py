@@ -96,14 +96,8 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--interpret", action="store_true")
     a = p.parse_args(argv)
-    if a.interpret:
-        from jax.experimental.pallas import mosaic_gpu as plgpu
-
-        ctx = plgpu.force_gpu_interpret_mode()
-    else:
-        ctx = use_implementation("xla")  # a no-op context
     rows = []
-    with ctx, use_implementation("mosaic_gpu", strict=True):
+    with mosaic_gpu.interpret(a.interpret), use_implementation("mosaic_gpu", strict=True):
         vocab = [int(v) for v in a.vocab.split(",")]
         for row in run(a.n, a.d, vocab, a.dtypes.split(","), a.reps):
             rows.append(row)

@@ -28,6 +28,7 @@ import numpy as np
 
 import jsoftmax
 from jsoftmax._dispatch import use_implementation
+from jsoftmax._impl import mosaic_gpu
 
 RTOL, ATOL = 2e-5, 2e-6  # float32: round-off of sums taken in another order
 HALF = {"rtol": 2e-2, "atol": 2e-2}  # bfloat16/float16: within their rounding
@@ -194,13 +195,7 @@ def main(argv=None):
     p.add_argument("--interpret", action="store_true")
     a = p.parse_args(argv)
     print(jax.devices(), flush=True)
-    if a.interpret:
-        from jax.experimental.pallas import mosaic_gpu as plgpu
-
-        ctx = plgpu.force_gpu_interpret_mode()
-    else:
-        ctx = use_implementation("xla")  # a no-op context
-    with ctx:
+    with mosaic_gpu.interpret(a.interpret):
         rows, failed = run(a.scale, a.dtypes.split(","))
     with open(a.out, "w") as f:
         json.dump(rows, f, indent=1)

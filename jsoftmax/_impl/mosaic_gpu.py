@@ -78,6 +78,7 @@ __all__ = [
     "cross_entropy_backward",
     "cross_entropy_forward",
     "environment_problem",
+    "interpret",
     "interpret_mode",
     "linear_xent_block",
     "log_softmax_backward",
@@ -126,6 +127,16 @@ def interpret_mode() -> bool:
 
     value = config.pallas_tpu_interpret_mode_context_manager.value
     return isinstance(value, _INTERPRET_PARAMS)
+
+
+def interpret(enabled: bool = True):
+    """``plgpu.force_gpu_interpret_mode()`` if ``enabled`` (the kernels on CPU), else a no-op
+    context: the GPU scripts' ``--interpret`` switch."""
+    if not enabled:
+        return contextlib.nullcontext()
+    if MISSING is not None:
+        raise RuntimeError(f"GPU interpret mode is unavailable: {MISSING}")
+    return plgpu.force_gpu_interpret_mode()
 
 
 def environment_problem() -> str | None:
@@ -438,8 +449,9 @@ def _rowwise(
     return new, row_stats if returned else []
 
 
-def _merge_max_sum(m, s):
-    """A row's ``(m, s)`` from its pieces': ``m = max_j m_j``, ``s = Σ_j s_j·exp(m_j − m)``."""
+def _merge_max_sum(m, s, size=None):
+    """A row's ``(m, s)`` from its pieces': ``m = max_j m_j``, ``s = Σ_j s_j·exp(m_j − m)``
+    (``size``, the pieces' class count, is not needed)."""
     top = jnp.max(m, axis=1)
     # exp(m_j − m) ≤ 1 rescales each piece's sum to the row's shift (as in the online pass)
     return top, jnp.sum(s * jnp.exp(m - top[:, None]), axis=1)
@@ -462,10 +474,6 @@ def _scalars(v: jax.Array, dtype=_F32) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
-def _merge_max_sum_rows(m, s, size):
-    return _merge_max_sum(m, s)
-
-
 def _softmax_write(row: _Row, m, s):
     row.write(lambda v, first: jnp.exp(v[0] - m) / s)  # exp(v − m) ≤ 1, s ≥ 1 for a finite row
 
@@ -475,31 +483,23 @@ def _log_softmax_write(row: _Row, m, s):
     row.write(lambda v, first: (v[0] - m) - log_s)
 
 
+def _normalised(x: jax.Array, finish: Callable, name: str) -> jax.Array:
+    """Each row's shift and sum of exponentials, then the row rewritten by ``finish``."""
+    y, _ = _rowwise(
+        name, [_as_rows(x)], stats=_online_stats, n_stats=2, merge=_merge_max_sum, finish=finish
+    )
+    return y.reshape(x.shape)
+
+
 def softmax_forward(x: jax.Array) -> jax.Array:
     """``softmax(x)`` over the last axis, ``x``'s dtype: one read and one write per row (whole
     rows; two reads and a write for split rows)."""
-    y, _ = _rowwise(
-        "jsoftmax_softmax_fwd",
-        [_as_rows(x)],
-        stats=_online_stats,
-        n_stats=2,
-        merge=_merge_max_sum_rows,
-        finish=_softmax_write,
-    )
-    return y.reshape(x.shape)
+    return _normalised(x, _softmax_write, "jsoftmax_softmax_fwd")
 
 
 def log_softmax_forward(x: jax.Array) -> jax.Array:
     """``log_softmax(x)`` over the last axis, ``x``'s dtype."""
-    y, _ = _rowwise(
-        "jsoftmax_log_softmax_fwd",
-        [_as_rows(x)],
-        stats=_online_stats,
-        n_stats=2,
-        merge=_merge_max_sum_rows,
-        finish=_log_softmax_write,
-    )
-    return y.reshape(x.shape)
+    return _normalised(x, _log_softmax_write, "jsoftmax_log_softmax_fwd")
 
 
 def _dot(row: _Row):
@@ -551,7 +551,7 @@ def log_softmax_backward(out: jax.Array, g: jax.Array) -> jax.Array:
 def logsumexp_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(m, log_s)`` per row, of shape ``x.shape[:-1] + (1,)``: the statistics of the rule."""
     _, (m, s) = _rowwise(
-        "jsoftmax_lse_fwd", [_as_rows(x)], stats=_online_stats, n_stats=2, merge=_merge_max_sum_rows
+        "jsoftmax_lse_fwd", [_as_rows(x)], stats=_online_stats, n_stats=2, merge=_merge_max_sum
     )
     shape = (*x.shape[:-1], 1)
     return m.reshape(shape), jnp.log(s).reshape(shape)  # log 0 = -inf: no finite entry
