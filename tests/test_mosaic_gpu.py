@@ -315,20 +315,6 @@ def test_staging_budget_validates_its_argument(bad):
             pass
 
 
-@pytest.fixture
-def layouts(monkeypatch):
-    """The layouts the kernels ran in: ``(name, split)`` per kernel, in trace order."""
-    ran = []
-    run_rows = mosaic_gpu._run_rows
-
-    def recorded(row_fn, rows, per_row, n_out, write_row, name, offsets=None):
-        ran.append((name, offsets is not None))
-        return run_rows(row_fn, rows, per_row, n_out, write_row, name, offsets)
-
-    monkeypatch.setattr(mosaic_gpu, "_run_rows", recorded)
-    return ran
-
-
 def _split_inputs(dtype):
     # 3072 classes in an 8 KiB budget: float32 rows in 2 pieces of 1536 (a full chunk and a
     # tail each), the float32 backward (two buffers) in 3 of 1024
@@ -545,15 +531,12 @@ def test_lowering_split_rows_for_cuda_contains_every_kernel(name, layouts):
 
 
 @needs_interpret
-def test_gpu_bandwidth_script_times_every_program_and_reports_refused_shapes(tmp_path, layouts):
-    import importlib.util
+def test_gpu_bandwidth_script_times_every_program_and_reports_refused_shapes(
+    tmp_path, layouts, benchmark_script
+):
     import json
-    from pathlib import Path
 
-    path = Path(__file__).parent.parent / "benchmarks" / "mosaic_gpu_bench.py"
-    spec = importlib.util.spec_from_file_location("mosaic_gpu_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_script("mosaic_gpu_bench")
     out = tmp_path / "rows.json"
     args = [str(out), "--rows", "5", "--cols", "512,200", "--dtypes", "float32", "--reps", "1"]
     rows = bench.main([*args, "--interpret"])
@@ -585,17 +568,12 @@ def test_gpu_bandwidth_script_times_every_program_and_reports_refused_shapes(tmp
 
 
 @needs_interpret
-def test_gpu_correctness_script_compares_every_kernel_with_xla(tmp_path, layouts):
+def test_gpu_correctness_script_compares_every_kernel_with_xla(tmp_path, layouts, benchmark_script):
     # benchmarks/mosaic_gpu_check.py (gpu.sh's "check" section, run before the benchmarks):
     # shrunk shapes in a 1 KiB budget, so that whole and split rows both run
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).parent.parent / "benchmarks" / "mosaic_gpu_check.py"
-    spec = importlib.util.spec_from_file_location("mosaic_gpu_check", path)
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = benchmark_script("mosaic_gpu_check")
     out = tmp_path / "check.json"
     args = [str(out), "--scale", "0.01", "--dtypes", "float32", "--interpret"]
     with mosaic_gpu.staging_budget(1024):

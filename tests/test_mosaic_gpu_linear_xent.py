@@ -298,20 +298,6 @@ def test_rows_of_logits_beyond_the_budget_are_split():
     assert mosaic_gpu.pieces(128256, 4, 1) == 3
 
 
-@pytest.fixture
-def layouts(monkeypatch):
-    """``(kernel name, split)`` for every kernel traced."""
-    ran = []
-    run_rows = mosaic_gpu._run_rows
-
-    def recorded(row_fn, rows, per_row, n_out, write_row, name, offsets=None):
-        ran.append((name, offsets is not None))
-        return run_rows(row_fn, rows, per_row, n_out, write_row, name, offsets)
-
-    monkeypatch.setattr(mosaic_gpu, "_run_rows", recorded)
-    return ran
-
-
 SPLIT_CASES = [(o, jnp.float32) for o in OPTIONS] + [(OPTIONS[2], jnp.bfloat16)]
 
 
@@ -389,15 +375,12 @@ def test_lowering_for_cuda_has_one_mosaic_gpu_call_in_the_block_loop(dtype):
 
 
 @needs_interpret
-def test_gpu_benchmark_script_times_every_program_and_reports_refused_shapes(tmp_path):
-    import importlib.util
+def test_gpu_benchmark_script_times_every_program_and_reports_refused_shapes(
+    tmp_path, benchmark_script
+):
     import json
-    from pathlib import Path
 
-    path = Path(__file__).parent.parent / "benchmarks" / "linear_xent_gpu_bench.py"
-    spec = importlib.util.spec_from_file_location("linear_xent_gpu_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_script("linear_xent_gpu_bench")
     out = tmp_path / "rows.json"
     args = [str(out), "--n", "40", "--d", "16", "--vocab", "256,200", "--dtypes", "float32"]
     rows = bench.main([*args, "--reps", "1", "--interpret"])
